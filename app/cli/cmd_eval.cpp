@@ -1,0 +1,196 @@
+// quantlens-cli eval: perplexity (llama.cpp protocol or per document) and, with --layout, the KL
+// divergence of the quantized model from the original, computed in the same pass.
+#include <cstdio>
+#include <iostream>
+
+#include <nlohmann/json.hpp>
+
+#include "calib/calibrate.h"
+#include "cli_common.h"
+#include "io/model_loader.h"
+#include "layout/layout.h"
+#include "quant/quantize_model.h"
+#include "session/session.h"
+
+namespace qlcli {
+
+const std::string_view kEvalHelp = R"(usage: quantlens-cli eval MODEL --text FILE [options]
+
+Perplexity of MODEL on FILE. By default llama.cpp's protocol: the text is tokenized with BOS, cut
+into windows of --ctx tokens, BOS first in each, and the second half of each window scored, so the
+figure compares with llama.cpp's perplexity tool on the same file and context.
+
+options:
+  --ctx N             window length (default 512)
+  --chunks N          evaluate at most N windows (default: all)
+  --per-document      score each document separately (BOS prepended, up to --ctx tokens)
+  --separator S       document separator for --per-document (default "<|endoftext|>")
+  --documents N       at most N documents with --per-document
+  --layout SPEC       quantize with these rules (or @FILE) and also report the KL divergence
+                      against the unquantized model: mean, median, p99, same-top, mean delta-p
+  --session S.h5      calibration session (importance weights for the layout's formats)
+  --json              print one JSON object: ppl, tokens, ... and kld_mean, kld_p99, same_top
+)";
+
+int runEval(Args args)
+{
+    ArgParser p(args);
+    std::string modelPath, textPath, layoutArg, sessionPath, separator = "<|endoftext|>";
+    std::int64_t ctx = 512, chunks = 0, documents = 0;
+    bool json = false, perDocument = false;
+    while (p.next()) {
+        if (!p.isOption()) {
+            if (modelPath.empty())
+                modelPath = p.current();
+            else
+                p.unknown();
+        } else if (p.is("--text")) {
+            if (auto v = p.value()) textPath = *v;
+        } else if (p.is("--ctx")) {
+            if (auto v = p.integer(4, 1 << 20)) ctx = *v;
+        } else if (p.is("--chunks")) {
+            if (auto v = p.integer(1, 1 << 30)) chunks = *v;
+        } else if (p.is("--documents")) {
+            if (auto v = p.integer(1, 1 << 30)) documents = *v;
+        } else if (p.is("--per-document")) {
+            perDocument = true;
+        } else if (p.is("--separator")) {
+            if (auto v = p.value()) separator = *v;
+        } else if (p.is("--layout")) {
+            if (auto v = p.value()) layoutArg = *v;
+        } else if (p.is("--session")) {
+            if (auto v = p.value()) sessionPath = *v;
+        } else if (p.is("--json")) {
+            json = true;
+        } else {
+            p.unknown();
+        }
+    }
+    if (p.failed()) return usageError(p.errorMessage(), "eval");
+    if (modelPath.empty()) return usageError("eval needs a MODEL", "eval");
+    if (textPath.empty()) return usageError("eval needs --text FILE", "eval");
+    installInterruptHandler();
+
+    auto model = ql::openModel(modelPath);
+    if (!model) return fail(model.error().message);
+    auto tokenizer = ql::Tokenizer::create(*model);
+    if (!tokenizer) return fail(tokenizer.error().message);
+    auto text = ql::readTextFile(textPath);
+    if (!text) return fail(text.error().message);
+
+    std::vector<ql::TokenWindow> windows;
+    if (perDocument) {
+        auto docs = ql::splitDocuments(*text, separator);
+        if (documents > 0 && static_cast<std::int64_t>(docs.size()) > documents)
+            docs.resize(documents);
+        windows = ql::makeDocumentWindows(**tokenizer, docs, static_cast<std::int32_t>(ctx));
+    } else {
+        windows = ql::makeLlamaCppChunks(**tokenizer, *text, static_cast<std::int32_t>(ctx),
+                                         static_cast<std::int32_t>(chunks));
+    }
+    if (windows.empty())
+        return fail(textPath + ": too short for one window of " + std::to_string(ctx) + " tokens");
+
+    ProgressLine progress;
+    auto reference = ql::LlamaModel::create(*model, {}, progress.part(0.0, 0.05));
+    if (!reference) return fail(reference.error().message);
+
+    std::optional<ql::LlamaModel> quantized;
+    std::string layoutText;
+    if (!layoutArg.empty()) {
+        auto layout = ql::Layout::fromArgument(layoutArg);
+        if (!layout) return fail(layout.error().message);
+        std::optional<ql::SessionData> session;
+        if (!sessionPath.empty()) {
+            auto s = ql::readSession(sessionPath);
+            if (!s) return fail(s.error().message);
+            session = std::move(s).value();
+        }
+        const ql::CalibrationResult* calib =
+            session && session->calibration ? &*session->calibration : nullptr;
+        auto qm = ql::quantizeModel(*model, *layout, calib, progress.part(0.05, 0.2));
+        if (!qm) return fail(qm.error().message);
+        layoutText = qm->layout;
+        for (const auto& f : qm->plan.fallbacks)
+            std::fprintf(stderr, "fallback: %s\n", f.tensor.c_str());
+        ql::LlamaLoadOptions options;
+        const ql::QuantizedModel& q = *qm;
+        options.override =
+            [&q](const ql::TensorInfo& t) -> ql::Result<std::optional<std::vector<float>>> {
+            if (!q.find(t.name)) return std::optional<std::vector<float>>();
+            auto w = ql::dequantizedWeights(q, t.name);
+            if (!w) return w.error();
+            return std::optional<std::vector<float>>(std::move(w).value());
+        };
+        auto lm = ql::LlamaModel::create(*model, options, progress.part(0.2, 0.25));
+        if (!lm) return fail(lm.error().message);
+        quantized.emplace(std::move(lm).value());
+    }
+
+    ql::LlamaLogitsSource refSource(*reference);
+    std::optional<ql::LlamaLogitsSource> quantSource;
+    if (quantized) quantSource.emplace(*quantized);
+    const bool tty = progress.enabled();
+    auto last = std::chrono::steady_clock::now();
+    const auto start = last;
+    auto report = [&, inner = progress.part(quantized ? 0.25 : 0.05, 1.0)](double f,
+                                                                           std::string_view what) {
+        if (!tty && secondsSince(last) > 5.0) {  // a line every 5 s when not on a terminal
+            last = std::chrono::steady_clock::now();
+            std::fprintf(stderr, "eval: %.0f%% after %.0f s\n", 100 * f, secondsSince(start));
+        }
+        return inner(f, what);
+    };
+    auto r = quantized ? ql::evaluate(*quantSource, windows, &refSource, report)
+                       : ql::evaluate(refSource, windows, nullptr, report);
+    progress.finish();
+    if (!r) return fail(r.error().message);
+
+    if (json) {
+        nlohmann::json j;
+        j["model"] = modelPath;
+        j["text"] = textPath;
+        j["protocol"] = perDocument ? "per-document" : "llama.cpp";
+        j["ctx"] = ctx;
+        j["ppl"] = r->ppl;
+        j["ppl_stderr"] = r->pplStdError;
+        j["nll"] = r->nll;
+        j["tokens"] = r->tokens;
+        j["windows"] = r->windows;
+        j["seconds"] = r->seconds;
+        j["tokens_per_second"] = r->tokensPerSecond;
+        if (r->kl) {
+            j["layout"] = layoutText;
+            j["reference_ppl"] = *r->referencePpl;
+            j["kld_mean"] = r->kl->mean;
+            j["kld_median"] = r->kl->median;
+            j["kld_p90"] = r->kl->p90;
+            j["kld_p99"] = r->kl->p99;
+            j["kld_max"] = r->kl->max;
+            j["same_top"] = r->kl->sameTop;
+            j["mean_delta_p"] = r->kl->meanDeltaP;
+        }
+        std::cout << j.dump(2) << "\n";
+        return kExitOk;
+    }
+    std::printf("model       %s\n", modelPath.c_str());
+    std::printf("text        %s (%s, ctx %lld, %lld windows)\n", textPath.c_str(),
+                perDocument ? "per document" : "llama.cpp protocol", (long long)ctx,
+                (long long)r->windows);
+    if (r->kl) {
+        std::printf("layout      %s\n", layoutText.c_str());
+        std::printf("PPL         %.4f +/- %.4f (unquantized %.4f)\n", r->ppl, r->pplStdError,
+                    *r->referencePpl);
+        std::printf("KL mean     %.6f   median %.6f   p90 %.6f   p99 %.6f   max %.6f\n",
+                    r->kl->mean, r->kl->median, r->kl->p90, r->kl->p99, r->kl->max);
+        std::printf("same top    %.2f%%\n", 100 * r->kl->sameTop);
+        std::printf("mean dp     %+.4f%%\n", 100 * r->kl->meanDeltaP);
+    } else {
+        std::printf("PPL         %.4f +/- %.4f\n", r->ppl, r->pplStdError);
+    }
+    std::printf("tokens      %lld scored, %.0f tokens/s, %.1f s\n", (long long)r->tokens,
+                r->tokensPerSecond, r->seconds);
+    return kExitOk;
+}
+
+}  // namespace qlcli

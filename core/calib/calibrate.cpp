@@ -1,0 +1,144 @@
+#include "calib/calibrate.h"
+
+#include <chrono>
+#include <map>
+
+namespace ql {
+
+ProbeSite probeSiteOf(LinearGroup group)
+{
+    switch (group) {
+        case LinearGroup::AttnQkv: return ProbeSite::AttnQkv;
+        case LinearGroup::AttnOutput: return ProbeSite::AttnOutput;
+        case LinearGroup::FfnGateUp: return ProbeSite::FfnGateUp;
+        case LinearGroup::FfnDown: return ProbeSite::FfnDown;
+    }
+    return ProbeSite::AttnQkv;
+}
+
+namespace {
+
+class StatsProbe final : public ForwardProbe {
+public:
+    StatsProbe(const CalibrationConfig& config) : m_config(config) {}
+
+    void onLinearInput(int block, LinearGroup group,
+                       const Eigen::Ref<const MatrixXfRowMajor>& x) override
+    {
+        const auto key = std::make_pair(block, static_cast<int>(group));
+        auto it = m_stats.find(key);
+        if (it == m_stats.end())
+            it = m_stats
+                     .emplace(key,
+                              ActivationStats(static_cast<std::int32_t>(x.cols()), m_config.hessian,
+                                              m_config.histogramBins, m_config.topK))
+                     .first;
+        if (x.outerStride() == x.cols()) {
+            it->second.add(std::span<const float>(x.data(), x.size()), x.rows(), m_sample);
+        } else {
+            MatrixXfRowMajor copy = x;
+            it->second.add(std::span<const float>(copy.data(), copy.size()), copy.rows(), m_sample);
+        }
+    }
+
+    void setSample(std::int32_t s) { m_sample = s; }
+    std::map<std::pair<int, int>, ActivationStats>& stats() { return m_stats; }
+
+private:
+    const CalibrationConfig& m_config;
+    std::int32_t m_sample = 0;
+    std::map<std::pair<int, int>, ActivationStats> m_stats;  // (block, group) in model order
+};
+
+TopActivationContext contextOf(const Tokenizer& tok, const std::vector<TokenId>& window,
+                               std::int32_t position)
+{
+    TopActivationContext c;
+    if (position < 0 || position >= static_cast<std::int32_t>(window.size())) return c;
+    const std::int32_t from = std::max(0, position - 8),
+                       to = std::min<std::int32_t>(window.size(), position + 4);
+    for (std::int32_t p = from; p < position; ++p)
+        c.before += tok.decodeToken(p > 0 ? window[p - 1] : -1, window[p]);
+    c.token = tok.piece(window[position]);
+    for (std::int32_t p = position + 1; p < to; ++p)
+        c.after += tok.decodeToken(window[p - 1], window[p]);
+    return c;
+}
+
+}  // namespace
+
+Result<CalibrationResult> calibrateWindows(const LlamaModel& model, const Tokenizer& tokenizer,
+                                           const std::vector<TokenWindow>& windows,
+                                           const CalibrationConfig& config,
+                                           const ProgressFn& progress, const std::string& device)
+{
+    if (windows.empty()) return makeError(ErrorCode::InvalidArgument, "no calibration windows");
+    const auto start = std::chrono::steady_clock::now();
+    StatsProbe probe(config);
+    CalibrationResult result;
+    result.config = config;
+    result.device = device;
+    std::int64_t totalTokens = 0;
+    for (const auto& w : windows) totalTokens += w.tokens.size();
+    std::int64_t done = 0;
+    for (std::size_t s = 0; s < windows.size(); ++s) {
+        probe.setSample(static_cast<std::int32_t>(s));
+        const auto& tokens = windows[s].tokens;
+        auto sub = [&](double f, std::string_view) {
+            double fraction = (done + f * tokens.size()) / double(totalTokens);
+            double secs =
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+            std::string what = "calibrating: window " + std::to_string(s + 1) + "/" +
+                               std::to_string(windows.size());
+            if (secs > 0 && done > 0)
+                what += ", " + std::to_string(static_cast<long long>(done / secs)) + " tokens/s";
+            return reportProgress(progress, fraction, what);
+        };
+        // Logits are not needed: run the blocks only.
+        auto hidden = model.embed(tokens);
+        if (!hidden) return hidden.error();
+        for (int b = 0; b < model.config().blocks; ++b) {
+            QL_TRY_STATUS(model.runBlock(b, hidden.value(), &probe));
+            if (!sub(double(b + 1) / model.config().blocks, {}))
+                return makeError(ErrorCode::Cancelled, "calibration cancelled");
+        }
+        done += tokens.size();
+    }
+    result.tokens = done;
+    for (auto& [key, stats] : probe.stats()) {
+        ProbeStats p;
+        p.block = key.first;
+        p.site = probeSiteOf(static_cast<LinearGroup>(key.second));
+        p.name = probeName(p.block, p.site);
+        p.stats = std::move(stats);
+        for (const auto& top : p.stats.top())
+            p.topContext.push_back(contextOf(tokenizer, windows[top.sample].tokens, top.position));
+        result.probes.push_back(std::move(p));
+    }
+    result.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return result;
+}
+
+Result<CalibrationResult> calibrate(const LlamaModel& model, const Tokenizer& tokenizer,
+                                    const CalibrationConfig& config, const ProgressFn& progress,
+                                    const std::string& device)
+{
+    std::vector<std::string> texts;
+    for (const auto& f : config.textFiles) {
+        auto t = readTextFile(f);
+        if (!t) return t.error();
+        texts.push_back(std::move(t).value());
+    }
+    WindowOptions wo;
+    wo.samples = config.samples;
+    wo.seqLen = config.seqLen;
+    wo.seed = config.seed;
+    wo.consecutive = config.consecutive;
+    wo.addBos = tokenizer.addBosByDefault();
+    auto windows = makeCalibrationWindows(tokenizer, texts, wo);
+    if (!windows) return windows.error();
+    return calibrateWindows(model, tokenizer, *windows, config, progress, device);
+}
+
+}  // namespace ql

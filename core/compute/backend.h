@@ -1,0 +1,40 @@
+// The compute interface. Core defines what a backend must do; the CPU implementation lives in
+// core, the CUDA one in kernels/. createBackend() (compute/factory.cpp, target ql_backend) is the
+// only place that knows whether CUDA was built. Later issues add the forward-pass, statistics and
+// GPTQ ops here; every op has a CPU reference that the CUDA one is tested against.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "util/result.h"
+
+namespace ql {
+
+struct DeviceInfo {
+    std::string name;  // "CPU (2 threads)", "NVIDIA H100 80GB HBM3"
+    bool isGpu = false;
+    std::uint64_t totalMemory = 0;
+    std::uint64_t freeMemory = 0;
+    int computeCapability = 0;  // 90 for sm_90; 0 for CPU
+};
+
+class Backend {
+public:
+    virtual ~Backend() = default;
+    virtual DeviceInfo device() const = 0;
+};
+
+enum class BackendKind { Auto, Cpu, Cuda };
+
+std::unique_ptr<Backend> createCpuBackend();
+// Auto picks CUDA when built and a device is present, else the CPU. Asking for Cuda where it is
+// not available returns an error saying why.
+Result<std::unique_ptr<Backend>> createBackend(BackendKind kind = BackendKind::Auto);
+// The GPUs this build can use (empty when built without CUDA or no device is present).
+std::vector<DeviceInfo> listGpus();
+bool cudaBuilt();
+
+}  // namespace ql

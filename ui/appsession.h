@@ -1,0 +1,103 @@
+// AppSession: the central object of the GUI. It holds the open model, the selected tensor, the
+// statistics options and the statistics of the selection; panes observe its signals and call its
+// slots, never each other. All core work (opening a model, decoding, statistics, the compute
+// device) runs on the JobRunner it owns; a failed job reports an error and leaves the session as
+// it was (opening a corrupt file does not close the current model).
+//
+// Statistics: a new selection runs the "stats" job (decode + ql::computeTensorStats). The decoded
+// values of the selected tensor are kept, so a new bin count only re-bins them in core ("histogram"
+// job, ql::computeHistogram over the same [min, max]) and a new outlier rule recomputes the
+// statistics from them ("outliers" job) without decoding again. Results are cached per
+// (model, tensor, options) in a ql::TensorStatsCache.
+#pragma once
+
+#include <QObject>
+#include <QString>
+#include <QStringList>
+
+#include <memory>
+#include <vector>
+
+#include "compute/backend.h"
+#include "model/model.h"
+#include "stats/tensor_stats.h"
+
+class JobRunner;
+
+Q_DECLARE_METATYPE(std::shared_ptr<const ql::TensorStats>)
+
+class AppSession : public QObject {
+    Q_OBJECT
+public:
+    explicit AppSession(QObject* parent = nullptr);
+    ~AppSession() override;
+
+    JobRunner* jobs() const { return m_jobs; }
+
+    std::shared_ptr<const ql::Model> model() const { return m_model; }
+    bool hasModel() const { return m_model != nullptr; }
+    QString modelPath() const;
+    QString modelDisplayName() const;  // general.name, else the file or folder name
+    bool isLoading() const { return !m_loadingPath.isEmpty(); }
+
+    QString selectedTensor() const { return m_selected; }
+    const ql::TensorInfo* selectedTensorInfo() const;
+    // Statistics of the selected tensor for the current options; null while computing.
+    std::shared_ptr<const ql::TensorStats> stats() const { return m_stats; }
+    bool statsPending() const { return m_statsPending; }
+    const ql::TensorStatsOptions& statsOptions() const { return m_options; }
+
+    const ql::DeviceInfo& device() const { return m_device; }
+
+public slots:
+    void openModel(const QString& path);
+    void closeModel();
+    void selectTensor(const QString& name);
+    void setHistogramBins(int bins);
+    void setOutlierRule(const ql::OutlierRule& rule);
+    void setStatsOptions(const ql::TensorStatsOptions& options);
+    void cancelAll();
+    // Computes the selected tensor's statistics again after they failed or were cancelled.
+    void recomputeStats();
+    void detectDevice();  // runs createBackend(Auto) on the worker; emits deviceChanged
+
+signals:
+    void loadStarted(const QString& path);
+    void loadFinished(const QString& path, bool ok);
+    void modelLoaded();
+    void modelClosed();
+    void tensorSelected(const QString& name);
+    void statsOptionsChanged();
+    void statsRequested(const QString& tensor);  // computation started: show a busy state
+    void statsReady(std::shared_ptr<const ql::TensorStats> stats);
+    void statsFailed(const QString& tensor, const QString& message);
+    void busyChanged(bool busy);
+    void progress(double fraction, const QString& text);
+    void errorOccurred(const QString& title, const QString& message);
+    void warningsOccurred(const QStringList& warnings);
+    void deviceChanged();
+
+private:
+    enum class StatsChange { Selection, Bins, Outliers };
+    struct DecodedTensor;
+    struct StatsOutput;
+    void requestStats(StatsChange change);
+    void resetSelection();
+    void acceptStats(std::shared_ptr<const ql::TensorStats> stats);
+
+    JobRunner* m_jobs = nullptr;
+    std::shared_ptr<const ql::Model> m_model;
+    QString m_loadingPath;
+    QString m_selected;
+    ql::TensorStatsOptions m_options;
+    std::shared_ptr<const ql::TensorStats> m_stats;
+    // The last statistics of the selected tensor and their options, kept while new ones compute
+    // so that a new bin count only re-bins.
+    std::shared_ptr<const ql::TensorStats> m_baseStats;
+    ql::TensorStatsOptions m_baseOptions;
+    quint64 m_statsSerial = 0;  // results of older requests are ignored
+    bool m_statsPending = false;
+    std::shared_ptr<const DecodedTensor> m_decoded;  // values of the selected tensor, if kept
+    std::shared_ptr<ql::TensorStatsCache> m_cache;
+    ql::DeviceInfo m_device;
+};
