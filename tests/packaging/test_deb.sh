@@ -6,7 +6,9 @@ build="$1"; data="$2"
 scratch="$(mktemp -d)"; trap 'rm -rf "$scratch"' EXIT
 (cd "$build" && cpack -G DEB -B "$scratch/out" >/dev/null)
 deb="$(ls "$scratch"/out/quantlens_*.deb)"
-dpkg-deb --info "$deb" | grep -q "Depends:.*libqt6widgets6" || { echo "FAIL: Qt dependency not declared"; exit 1; }
+# Captured first: `dpkg-deb | grep -q` under pipefail fails when grep exits early (SIGPIPE).
+info="$(dpkg-deb --info "$deb")"
+grep -q "Depends:.*libqt6widgets6" <<<"$info" || { echo "FAIL: Qt dependency not declared"; exit 1; }
 dpkg-deb -x "$deb" "$scratch/root"
 for f in usr/bin/quantlens usr/bin/quantlens-cli \
          usr/share/applications/io.github.quantlens.QuantLens.desktop \

@@ -1,0 +1,92 @@
+// A model runner: one Llama-family model resident on a compute device, running whole causal
+// forward passes over batches of token sequences and, when asked, collecting the activation
+// statistics of every linear-layer input on the device (calibration).
+//
+// The CPU runner (model/llama_runner.h) wraps LlamaModel and is the reference; the CUDA runner
+// (kernels/) uploads the weights once and runs every op on the GPU. Both see the weights through
+// LlamaWeightsView: plain spans over float32 data, so kernels/ needs neither Eigen nor Qt.
+//
+// Statistics are indexed like calib's probes: entry block * 4 + site, with site 0 attn_qkv (the
+// attention-norm output, read by q/k/v), 1 attn_output (the attention output, read by wo),
+// 2 ffn_gate_up (the ffn-norm output, read by gate/up), 3 ffn_down (silu(gate)·up, read by down).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "calib/activation_stats.h"
+#include "compute/backend.h"
+#include "util/progress.h"
+#include "util/result.h"
+
+namespace ql {
+
+enum class Precision {
+    Float32,   // float32 storage and GEMMs (no TF32): matches the CPU path to float rounding
+    BFloat16,  // bf16 weights and activations, float32 accumulation and norms: the fast path
+};
+const char* precisionName(Precision p);  // "f32", "bf16"
+
+struct LlamaShape {
+    std::int64_t blocks = 0, dim = 0, ffnDim = 0, heads = 0, kvHeads = 0, headDim = 0, vocab = 0;
+    float rmsNormEps = 1e-5f;
+    bool attentionBias = false;
+    bool tiedOutput = false;
+    bool ropeHalfSplit = false;     // RoPE pairs (x[i], x[i+d/2]); else adjacent (x[2i], x[2i+1])
+    std::vector<double> ropeInvFreq;  // headDim / 2 radians per position
+    double ropeMagnitude = 1.0;       // multiplies cos and sin (YaRN)
+};
+
+// Row-major float32 tensors, weights {out, in} as in LlamaWeights; bq/bk/bv empty without bias,
+// output empty when the head is tied to tokenEmbd.
+struct LlamaBlockView {
+    std::span<const float> attnNorm, ffnNorm, wq, wk, wv, wo, bq, bk, bv, gate, up, down;
+};
+struct LlamaWeightsView {
+    LlamaShape shape;
+    std::span<const float> tokenEmbd, output, outputNorm;
+    std::vector<LlamaBlockView> blocks;
+};
+
+struct RunnerStatsOptions {
+    HessianPrecision hessian = HessianPrecision::Float32;
+    int histogramBins = 2048;
+    int topK = 32;
+};
+
+class ModelRunner {
+public:
+    // Logits of one position of one sequence, vocab floats on the host, valid during the call.
+    using LogitsFn = std::function<void(std::int64_t sequence, std::int32_t position,
+                                        std::span<const float> logits)>;
+
+    virtual ~ModelRunner() = default;
+    virtual DeviceInfo device() const = 0;
+    virtual Precision precision() const = 0;
+
+    // Causal forward of `batch` sequences of tokens.size() / batch tokens each (row-major), at
+    // positions 0..T-1. Every position's logits go to onLogits in order (sequence, position);
+    // with an empty onLogits the head still runs but nothing is copied back (benchmarks).
+    // While statistics are enabled, sequence i counts as calibration sample firstSample + i.
+    virtual Status forward(std::span<const std::int32_t> tokens, std::int64_t batch,
+                           const LogitsFn& onLogits, const ProgressFn& progress = {},
+                           std::int32_t firstSample = 0) = 0;
+
+    // From now on every forward adds its linear-layer inputs to per-probe statistics.
+    virtual Status enableStats(const RunnerStatsOptions& options) = 0;
+    // The statistics gathered since enableStats (blocks * 4 entries, see above); collection
+    // continues afresh.
+    virtual Result<std::vector<ActivationStats>> takeStats() = 0;
+
+    // Swap in new values for one tensor ("blk.0.attn_q.weight", same element count).
+    virtual Status replaceWeight(const std::string& name, std::span<const float> values) = 0;
+
+    // The most device memory this runner has held (weights, activations, statistics), bytes.
+    virtual std::uint64_t peakMemoryBytes() const = 0;
+};
+
+}  // namespace ql
