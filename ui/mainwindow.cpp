@@ -14,6 +14,7 @@
 #include <QMessageBox>
 #include <QMimeData>
 #include <QProgressBar>
+#include <QScrollArea>
 #include <QSettings>
 #include <QStatusBar>
 #include <QTimer>
@@ -36,7 +37,7 @@
 
 namespace {
 
-constexpr int kStateVersion = 3;  // 3: calibration, activations, grid and generate docks
+constexpr int kStateVersion = 4;  // 4: scrolling bottom docks
 constexpr int kMaxRecentFiles = 10;
 const char* kRecentKey = "recentFiles";
 
@@ -45,6 +46,17 @@ QString modelFileFilter()
     return QObject::tr(
         "Models (*.gguf *.bin *.safetensors);;GGUF (*.gguf);;"
         "safetensors (*.safetensors);;llama2.c checkpoints (*.bin);;All files (*)");
+}
+
+// Tall panes scroll inside their dock instead of imposing their full height as the dock's
+// minimum: without this the tabbed bottom docks pushed the window past 1400 × 900.
+QScrollArea* scrollable(QWidget* pane)
+{
+    auto* area = new QScrollArea;
+    area->setWidget(pane);
+    area->setWidgetResizable(true);
+    area->setFrameShape(QFrame::NoFrame);
+    return area;
 }
 
 }  // namespace
@@ -108,20 +120,20 @@ void MainWindow::createDocks()
     m_calibrationPane = new CalibrationPane(m_session, m_session->jobs(), m_calibration, this);
     m_calibrationDock = new QDockWidget(tr("Calibration"), this);
     m_calibrationDock->setObjectName(QStringLiteral("calibrationDock"));
-    m_calibrationDock->setWidget(m_calibrationPane);
+    m_calibrationDock->setWidget(scrollable(m_calibrationPane));
     addDockWidget(Qt::LeftDockWidgetArea, m_calibrationDock);
     tabifyDockWidget(m_treeDock, m_calibrationDock);
 
     m_activationsPane = new ActivationsPane(m_session, m_session->jobs(), m_calibration, this);
     m_activationsDock = new QDockWidget(tr("Activations"), this);
     m_activationsDock->setObjectName(QStringLiteral("activationsDock"));
-    m_activationsDock->setWidget(m_activationsPane);
+    m_activationsDock->setWidget(scrollable(m_activationsPane));
     addDockWidget(Qt::BottomDockWidgetArea, m_activationsDock);
 
     m_gridPane = new GridPane(m_session, m_session->jobs(), m_calibration, this);
     m_gridDock = new QDockWidget(tr("Quantization Grids"), this);
     m_gridDock->setObjectName(QStringLiteral("gridDock"));
-    m_gridDock->setWidget(m_gridPane);
+    m_gridDock->setWidget(scrollable(m_gridPane));
     addDockWidget(Qt::BottomDockWidgetArea, m_gridDock);
     tabifyDockWidget(m_activationsDock, m_gridDock);
 
@@ -132,6 +144,7 @@ void MainWindow::createDocks()
     addDockWidget(Qt::BottomDockWidgetArea, m_generateDock);
     tabifyDockWidget(m_gridDock, m_generateDock);
     m_treeDock->raise();
+    m_gridDock->raise();
 }
 
 void MainWindow::createActions()
