@@ -36,7 +36,7 @@ struct LlamaShape {
     float rmsNormEps = 1e-5f;
     bool attentionBias = false;
     bool tiedOutput = false;
-    bool ropeHalfSplit = false;     // RoPE pairs (x[i], x[i+d/2]); else adjacent (x[2i], x[2i+1])
+    bool ropeHalfSplit = false;       // RoPE pairs (x[i], x[i+d/2]); else adjacent (x[2i], x[2i+1])
     std::vector<double> ropeInvFreq;  // headDim / 2 radians per position
     double ropeMagnitude = 1.0;       // multiplies cos and sin (YaRN)
 };
