@@ -100,6 +100,7 @@ double secondsSince(std::chrono::steady_clock::time_point start);
 int runInspect(Args args);
 int runGenerate(Args args);
 int runBench(Args args);
+int runBenchHessian(Args args);  // `bench hessian`, app/cli/cmd_bench_hessian.cpp
 int runDevices(Args args);
 int runCalibrate(Args args);  // app/cli/cmd_calibrate.cpp
 int runEval(Args args);       // app/cli/cmd_eval.cpp

@@ -8,6 +8,7 @@
 //
 // stats: decoding + statistics throughput per stored type, tensor by tensor.
 // quant: RTN quantization throughput (app/cli/cmd_bench_quant.cpp).
+// hessian: calibration statistics on the GPU (app/cli/cmd_bench_hessian.cpp).
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -29,7 +30,8 @@ namespace qlcli {
 const std::string_view kBenchHelp =
     "usage: quantlens-cli bench open MODEL [--repeat N] [--list]\n"
     "       quantlens-cli bench stats MODEL [--max-tensors N]\n"
-    "       quantlens-cli bench quant [MODEL] [options]   (see: bench quant --help)\n\n"
+    "       quantlens-cli bench quant [MODEL] [options]   (see: bench quant --help)\n"
+    "       quantlens-cli bench hessian [options]         (see: bench hessian --help)\n\n"
     "open   opens MODEL (a .gguf file, a safetensors folder or a llama2.c .bin) reading\n"
     "       headers only, walks its tensor list (--list prints it), and prints the wall time\n"
     "       of each open and the peak resident memory (getrusage ru_maxrss and VmHWM), then\n"
@@ -37,7 +39,9 @@ const std::string_view kBenchHelp =
     "       target is missed.\n"
     "stats  decodes every tensor and computes its statistics, and prints the throughput in\n"
     "       weights per second per stored type (decode, statistics, both).\n"
-    "quant  round-to-nearest quantization throughput per format.\n";
+    "quant  round-to-nearest quantization throughput per format.\n"
+    "hessian  GPU calibration statistics: XᵀX TFLOP/s and the statistics pass in GB/s\n"
+    "       (see: bench hessian --help).\n";
 
 namespace {
 
@@ -250,7 +254,8 @@ int runBench(Args args)
     if (which == "open") return benchOpen(args.subspan(1));
     if (which == "stats") return benchStats(args.subspan(1));
     if (which == "quant") return runArgvCommand(runBenchQuant, args);
-    return usageError("no benchmark '" + which + "' (open, stats, quant)", "bench");
+    if (which == "hessian") return runBenchHessian(args.subspan(1));
+    return usageError("no benchmark '" + which + "' (open, stats, quant, hessian)", "bench");
 }
 
 }  // namespace qlcli

@@ -82,8 +82,10 @@ void ActivationStats::add(std::span<const float> x, std::int64_t tokens, std::in
     if (batchMax > m_hist.range) growRange(batchMax);
     const std::size_t n = m_hist.counts.size();
     const double scale = n / (2 * m_hist.range);
-    float topFloor =
-        static_cast<int>(m_top.size()) == m_topK ? std::fabs(m_top.back().value) : -1.0f;
+    // With topK == 0 the list stays empty (and has no back() to read).
+    float topFloor = m_topK > 0 && static_cast<int>(m_top.size()) == m_topK
+                         ? std::fabs(m_top.back().value)
+                         : -1.0f;
     for (std::int64_t t = 0; t < tokens; ++t) {
         const float* row = x.data() + t * c;
         for (std::int32_t j = 0; j < c; ++j) {
@@ -91,7 +93,7 @@ void ActivationStats::add(std::span<const float> x, std::int64_t tokens, std::in
             if (!std::isfinite(v)) continue;
             auto bin = static_cast<std::int64_t>((v + m_hist.range) * scale);
             m_hist.counts[std::clamp<std::int64_t>(bin, 0, n - 1)]++;
-            if (std::fabs(v) > topFloor) {
+            if (m_topK > 0 && std::fabs(v) > topFloor) {
                 pushTop({v, j, sample, firstPosition + static_cast<std::int32_t>(t)});
                 if (static_cast<int>(m_top.size()) == m_topK)
                     topFloor = std::fabs(m_top.back().value);

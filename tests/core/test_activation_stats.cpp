@@ -126,6 +126,19 @@ private slots:
         QVERIFY(kl.clip < minmax.clip / 2);
         QVERIFY(std::fabs(quantizationMse(s.histogram(), mse.clip, 4) - mse.mse) < 1e-15);
     }
+
+    // Issue #5 (found by the GPU statistics tests): top-k 0 read back() of the empty top list.
+    void topKZeroKeepsNoTop()
+    {
+        const int c = 16;
+        auto x = heavyTailed(40, c, 3);
+        ActivationStats s(c, HessianPrecision::None, 64, 0);
+        s.add(std::span(x).first(20 * c), 20, 0);
+        s.add(std::span(x).subspan(20 * c), 20, 1);
+        QVERIFY(s.top().empty());
+        QCOMPARE(s.histogram().total(), std::uint64_t(40 * c));
+        QCOMPARE(s.tokenCount(), std::int64_t(40));
+    }
 };
 
 QTEST_APPLESS_MAIN(TestActivationStats)

@@ -1,0 +1,145 @@
+// `quantlens-cli bench hessian`: calibration statistics on the GPU (kernels/stats.cuh) on
+// synthetic activations of real layer widths. For each channel count: one XᵀX accumulation
+// (TFLOP/s = 2·n²·tokens per product; entries checked against a double dot product; bf16 as
+// DeviceStats runs it, GEMMs of 16384 rows, and once as a single GEMM for comparison), the
+// fused statistics pass (GB/s of activations read; first batch and steady state), one add with
+// both, and the peak device memory above the CUDA context. Target: bf16 XᵀX ≥ 400 TFLOP/s (the
+// H100's dense bf16 tensor-core peak is about 990); exit status 1 when missed.
+//
+// Built only with CUDA; cmd_bench_hessian_nocuda.cpp stands in otherwise.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cli_common.h"
+#include "stats_bench.h"
+
+namespace qlcli {
+
+namespace {
+
+constexpr double kTargetTflops = 400.0;
+
+const std::string_view kBenchHessianHelp =
+    "usage: quantlens-cli bench hessian [--channels N,N...] [--tokens N] [--dtype bf16|f32]\n"
+    "                                   [--repeat N]\n\n"
+    "Calibration statistics on the GPU, on synthetic heavy-tailed activations (outlier\n"
+    "channels, rare massive values) of tokens × channels made on the device:\n"
+    "  XᵀX     the Hessian accumulation (cuBLAS; bf16 on tensor cores with float32\n"
+    "          accumulation, f32 without TF32), TFLOP/s = 2·channels²·tokens per product,\n"
+    "          with a check of sampled entries against a double dot product on the host;\n"
+    "          bf16 in GEMMs of 16384 rows as calibration runs it, and as one GEMM;\n"
+    "  stats   the fused pass (per-channel abs-max, Σ|x|, Σx², histogram, top-k) in GB/s of\n"
+    "          activations read, first batch and later batches of fresh data;\n"
+    "  add     both together, as calibration runs them;\n"
+    "and the peak device memory above the CUDA context. Defaults: --channels 4096,14336\n"
+    "--tokens 262144 --dtype bf16 --repeat 3. Target: bf16 XᵀX >= 400 TFLOP/s (exit status 1\n"
+    "when missed).\n";
+
+std::string formatMs(double seconds)
+{
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.2f ms", seconds * 1e3);
+    return buf;
+}
+
+}  // namespace
+
+int runBenchHessian(Args args)
+{
+    std::vector<std::int64_t> channels = {4096, 14336};
+    std::int64_t tokens = 262144;
+    bool bf16 = true;
+    int repeat = 3;
+    ArgParser p(args);
+    while (p.next()) {
+        if (p.is("--help") || p.is("-h")) {
+            std::fwrite(kBenchHessianHelp.data(), 1, kBenchHessianHelp.size(), stdout);
+            return kExitOk;
+        } else if (p.is("--channels")) {
+            if (auto v = p.value()) {
+                channels.clear();
+                std::stringstream list(*v);
+                std::string item;
+                while (std::getline(list, item, ',')) {
+                    char* end = nullptr;
+                    const long long n = std::strtoll(item.c_str(), &end, 10);
+                    if (item.empty() || *end || n < 1 || n > 65536) {
+                        p.error("--channels takes a comma-separated list of 1..65536, not '" + *v +
+                                "'");
+                        break;
+                    }
+                    channels.push_back(n);
+                }
+            }
+        } else if (p.is("--tokens")) {
+            if (auto n = p.integer(1, std::int64_t(1) << 31)) tokens = *n;
+        } else if (p.is("--dtype")) {
+            if (auto v = p.value()) {
+                if (*v == "bf16")
+                    bf16 = true;
+                else if (*v == "f32")
+                    bf16 = false;
+                else
+                    p.error("--dtype takes bf16 or f32, not '" + *v + "'");
+            }
+        } else if (p.is("--repeat")) {
+            if (auto n = p.integer(1, 100)) repeat = int(*n);
+        } else {
+            p.unknown();
+        }
+    }
+    if (p.failed()) return usageError(p.errorMessage(), "bench");
+    if (channels.empty()) return usageError("--channels needs at least one count", "bench");
+
+    const char* dtype = bf16 ? "bf16" : "f32";
+    bool targetOk = true;
+    bool header = false;
+    for (std::int64_t c : channels) {
+        ql::cuda::StatsBenchConfig config;
+        config.channels = std::int32_t(c);
+        config.tokens = tokens;
+        config.bf16 = bf16;
+        config.repeats = repeat;
+        auto r = ql::cuda::benchCalibrationStats(config);
+        if (!r) return fail(r.error().message);
+        if (!header) {
+            std::printf("device       %s\n", r->device.c_str());
+            std::printf("input        %s activations, %s tokens, %d timed repeats\n", dtype,
+                        formatCount(tokens).c_str(), repeat);
+            header = true;
+        }
+        std::printf("channels %s (X %s)\n", formatCount(c).c_str(),
+                    formatBytes(r->inputBytes).c_str());
+        std::printf(
+            "  XᵀX       %s per product, %.1f TFLOP/s, GEMMs of %s rows (check: max "
+            "error %.2g of sqrt(H_ii·H_jj))\n",
+            formatMs(r->hessianSeconds).c_str(), r->hessianTflops,
+            formatCount(std::min(r->hessianChunkRows, tokens)).c_str(), r->hessianCheckError);
+        if (r->oneGemmSeconds > 0)
+            std::printf(
+                "  XᵀX       %s per product, %.1f TFLOP/s as one GEMM (check: max error "
+                "%.2g: tensor-core accumulation truncates)\n",
+                formatMs(r->oneGemmSeconds).c_str(), r->oneGemmTflops, r->oneGemmCheckError);
+        std::printf("  stats     %s per batch, %.0f GB/s (first batch %s, %.0f GB/s)\n",
+                    formatMs(r->statsSeconds).c_str(), r->statsGBps,
+                    formatMs(r->statsFirstSeconds).c_str(),
+                    double(r->inputBytes) / r->statsFirstSeconds * 1e-9);
+        std::printf("  add       %s per batch with both (accumulators %s)\n",
+                    formatMs(r->addSeconds).c_str(), formatBytes(r->accumulatorBytes).c_str());
+        std::printf("  memory    peak %s on the device above the CUDA context\n",
+                    formatBytes(r->peakBytes).c_str());
+        if (bf16) {
+            const bool ok = r->hessianTflops >= kTargetTflops;
+            targetOk = targetOk && ok;
+            std::printf("  target    bf16 XᵀX >= %.0f TFLOP/s: %s (%.1f)\n", kTargetTflops,
+                        ok ? "PASS" : "FAIL", r->hessianTflops);
+        }
+    }
+    return targetOk ? kExitOk : kExitFailed;
+}
+
+}  // namespace qlcli

@@ -1,0 +1,996 @@
+// Calibration statistics on the GPU (see stats.cuh for the design). Kernels, in launch order for
+// one add(): statsKernel (fused pass), growKernel (range growth, 1 block), rebinKernel (only when
+// the range grew), thresholdKernel (histogram accumulate + top-k threshold, 1 block),
+// candidateKernel (per-block top-k), mergeTopKernel (1 block), then the cuBLAS Hessian.
+#include <cub/block/block_scan.cuh>
+
+#include <cfloat>
+#include <climits>
+#include <cmath>
+#include <string>
+#include <utility>
+
+#include "cuda_check.cuh"
+#include "stats.cuh"
+
+namespace ql::cuda {
+namespace {
+
+constexpr int kMaxThreads = 256;  // per block of the streaming kernels
+constexpr int kRowsPerTile = 32;  // tile = 32 rows × one channel tile (tile abs-max granularity)
+constexpr int kUnroll = 4;        // rows loaded before any is processed
+constexpr int kKeyBuffer = 4096;  // shared top-k key buffer (keys are 8 bytes: 32 KB)
+constexpr int kOneBlockThreads = 1024;
+constexpr int kBlocksPerSm = 4;
+constexpr std::int64_t kMaxGemmRows = std::int64_t(1) << 30;
+constexpr std::int64_t kBf16GemmRows = 16384;  // see DeviceStatsConfig::hessianChunkRows
+// Top-k keys: |value| bits (31) above 33 bits of inverted order (running list first, then the
+// batch in row-major order).
+constexpr int kOrderBits = 33;
+constexpr unsigned long long kOrderMask = (1ull << kOrderBits) - 1;
+
+struct PersistentState {
+    double range;  // histogram covers [-range, range]
+    int topCount;
+    int pad;
+};
+
+struct BatchState {
+    unsigned maxBits;    // batch abs-max (float bits)
+    int rebin;           // the range grew (or is 0): bin again at the new range
+    unsigned candCount;  // keys appended by candidateKernel
+    float thrLo;         // values below have k larger ones in the batch
+    float floorAbs;      // |value| of the running k-th entry (when full)
+    int full;
+};
+
+struct TopEntry {
+    float value;
+    int channel, sample, position;
+};
+
+struct Geometry {
+    std::int64_t rows;
+    int channels;
+    int threads;  // block size; tile width = threads * vec
+    int chTiles;  // channel tiles
+    std::int64_t rowTiles;
+    int blocks;  // grid: a multiple of chTiles, so a block keeps its channel tile
+};
+
+struct HistParams {
+    int n;       // bins (even)
+    int copies;  // shared-memory copies per block (warps share them round-robin)
+};
+
+template <class T>
+constexpr int vecWidth()
+{
+    return sizeof(T) == 4 ? 4 : 8;  // 16-byte loads
+}
+
+// ---- device helpers ----------------------------------------------------------------------------
+
+template <class T, int V>
+__device__ __forceinline__ void loadValues(const T* __restrict__ p, float (&v)[V])
+{
+    if constexpr (sizeof(T) == 4) {
+        if constexpr (V == 4) {
+            const float4 q = *reinterpret_cast<const float4*>(p);
+            v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+        } else {
+            v[0] = *reinterpret_cast<const float*>(p);
+        }
+    } else {
+        if constexpr (V == 8) {
+            const uint4 q = *reinterpret_cast<const uint4*>(p);
+            const unsigned w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                v[2 * i] = __uint_as_float(w[i] << 16);
+                v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+            }
+        } else {
+            v[0] = __bfloat162float(*reinterpret_cast<const __nv_bfloat16*>(p));
+        }
+    }
+}
+
+template <class T>
+__device__ __forceinline__ float loadOne(const T* p)
+{
+    if constexpr (sizeof(T) == 4)
+        return *reinterpret_cast<const float*>(p);
+    else
+        return __bfloat162float(*reinterpret_cast<const __nv_bfloat16*>(p));
+}
+
+// Bin of v exactly as ActivationStats::add computes it: int64((double(v) + range) * scale),
+// clamped, returned as an offset i = bin - n/2 in [-n/2, n/2 - 1]. With a power-of-two bin count
+// the scale is a power of two and a float form is exact: i = floor(v * scale), except that
+// double(v) + range rounds to range when -v <= range * 2^-54 (then i = 0). (Checked against the
+// double formula over 2·10^8 values, edges and tiny values included.)
+struct Binner {
+    int n, half;
+    float scaleF, negTiny;
+    double range, scaleD;
+
+    __device__ static Binner make(double range, int n)
+    {
+        Binner b;
+        b.n = n;
+        b.half = n / 2;
+        b.range = range;
+        b.scaleD = range > 0 ? double(n) / (2 * range) : 0.0;
+        b.scaleF = float(b.scaleD);
+        b.negTiny = -float(range * 0x1p-54);
+        return b;
+    }
+    template <bool kPow2>
+    __device__ __forceinline__ int offset(float v) const
+    {
+        int i;
+        if constexpr (kPow2) {
+            i = __float2int_rd(v * scaleF);  // saturates
+            if (v >= negTiny) i = max(i, 0);
+        } else {
+            const double t = __dmul_rn(__dadd_rn(double(v), range), scaleD);
+            const long long b = __double2ll_rz(t);
+            i = int(min(max(b, 0ll), (long long)(n - 1))) - half;
+        }
+        return min(max(i, -half), half - 1);
+    }
+};
+
+// Counts into a shared histogram. The two central bins, where nearly every value lands when a
+// few massive activations set the range, are counted in registers; the rest with shared atomics.
+struct HistCounter {
+    unsigned below = 0, above = 0;  // bins n/2 - 1 and n/2
+    __device__ __forceinline__ void add(int i, unsigned* hist, int half)
+    {
+        below += i == -1;
+        above += i == 0;
+        if (unsigned(i + 1) > 1u) atomicAdd(&hist[half + i], 1u);
+    }
+    __device__ __forceinline__ void flush(unsigned* hist, int half)
+    {
+        if (below) atomicAdd(&hist[half - 1], below);
+        if (above) atomicAdd(&hist[half], above);
+        below = above = 0;
+    }
+};
+
+__device__ __forceinline__ float warpMax(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__device__ __forceinline__ void zeroShared(unsigned* h, int count)
+{
+    for (int i = threadIdx.x; i < count; i += blockDim.x) h[i] = 0;
+}
+
+// Sums the block's shared histogram copies into the global batch histogram.
+__device__ void flushShared(const unsigned* h, const HistParams& hp,
+                            unsigned long long* __restrict__ out)
+{
+    for (int j = threadIdx.x; j < hp.n; j += blockDim.x) {
+        unsigned long long s = 0;
+        for (int c = 0; c < hp.copies; ++c) s += h[c * hp.n + j];
+        if (s) atomicAdd(&out[j], s);
+    }
+}
+
+__device__ __forceinline__ unsigned long long makeKey(float absValue, unsigned long long order)
+{
+    return (static_cast<unsigned long long>(__float_as_uint(absValue)) << kOrderBits) |
+           (kOrderMask - order);
+}
+
+__device__ __forceinline__ unsigned long long keyOrder(unsigned long long key)
+{
+    return kOrderMask - (key & kOrderMask);
+}
+
+// Sorts keys[0, count) descending in place (the tail up to the next power of two is zeroed, and
+// zero is below every real key). All threads of the block call it.
+__device__ void sortKeysDesc(unsigned long long* keys, int count)
+{
+    int n = 1;
+    while (n < count) n <<= 1;
+    for (int i = count + threadIdx.x; i < n; i += blockDim.x) keys[i] = 0;
+    __syncthreads();
+    for (int size = 2; size <= n; size <<= 1) {
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            for (int i = threadIdx.x; i < n / 2; i += blockDim.x) {
+                const int lo = 2 * i - (i & (stride - 1));
+                const int hi = lo + stride;
+                const bool desc = (lo & size) == 0;
+                const unsigned long long x = keys[lo], y = keys[hi];
+                if ((x < y) == desc) {
+                    keys[lo] = y;
+                    keys[hi] = x;
+                }
+            }
+            __syncthreads();
+        }
+    }
+}
+
+// ---- kernels -----------------------------------------------------------------------------------
+
+// The fused pass: per-channel moments and abs-max, batch and tile abs-max, speculative histogram.
+template <class T, int V, bool kPow2>
+__global__ void __launch_bounds__(kMaxThreads, 2)
+    statsKernel(const T* __restrict__ x, Geometry g, HistParams hp,
+                const PersistentState* __restrict__ st, BatchState* __restrict__ batch,
+                unsigned* __restrict__ absMaxBits, double* __restrict__ sumAbs,
+                double* __restrict__ sumSq, unsigned long long* __restrict__ batchHist,
+                unsigned* __restrict__ tileMax)
+{
+    extern __shared__ unsigned shHist[];
+    const double range = st->range;
+    const bool binning = range > 0;
+    const Binner binner = Binner::make(range, hp.n);
+    unsigned* myHist = shHist + ((threadIdx.x >> 5) % hp.copies) * hp.n;
+    if (binning) zeroShared(shHist, hp.n * hp.copies);
+    __syncthreads();
+
+    const int chTile = blockIdx.x % g.chTiles;
+    const int c0 = chTile * g.threads * V + threadIdx.x * V;
+    const bool active = c0 < g.channels;
+    float amax[V];
+    double sa[V], sq[V];
+#pragma unroll
+    for (int i = 0; i < V; ++i) amax[i] = 0.0f, sa[i] = 0.0, sq[i] = 0.0;
+    float threadMax = 0.0f;
+    HistCounter counter;
+    const std::int64_t step = gridDim.x / g.chTiles;
+    for (std::int64_t rt = blockIdx.x / g.chTiles; rt < g.rowTiles; rt += step) {
+        const std::int64_t r0 = rt * kRowsPerTile;
+        const std::int64_t r1 = min(r0 + kRowsPerTile, g.rows);
+        float tmax = 0.0f;
+        float tam[V];  // this tile's abs-max per channel
+#pragma unroll
+        for (int i = 0; i < V; ++i) tam[i] = 0.0f;
+        if (active) {
+            for (std::int64_t r = r0; r < r1; r += kUnroll) {
+                float v[kUnroll][V];
+#pragma unroll
+                for (int u = 0; u < kUnroll; ++u)
+                    if (r + u < r1) loadValues<T, V>(x + (r + u) * g.channels + c0, v[u]);
+                // Sums of kUnroll rows in float (at most kUnroll ulp relative), then in double.
+                float pa[V], pq[V];
+#pragma unroll
+                for (int i = 0; i < V; ++i) pa[i] = 0.0f, pq[i] = 0.0f;
+#pragma unroll
+                for (int u = 0; u < kUnroll; ++u) {
+                    if (r + u >= r1) break;
+#pragma unroll
+                    for (int i = 0; i < V; ++i) {
+                        const float a = fabsf(v[u][i]);
+                        if (!(a <= FLT_MAX)) continue;  // NaN and inf are skipped, as on the CPU
+                        tam[i] = fmaxf(tam[i], a);
+                        pa[i] += a;
+                        pq[i] = fmaf(v[u][i], v[u][i], pq[i]);
+                        if (binning) counter.add(binner.offset<kPow2>(v[u][i]), myHist, hp.n / 2);
+                    }
+                }
+#pragma unroll
+                for (int i = 0; i < V; ++i) {
+                    sa[i] += double(pa[i]);
+                    sq[i] += double(pq[i]);
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < V; ++i) {
+                amax[i] = fmaxf(amax[i], tam[i]);
+                tmax = fmaxf(tmax, tam[i]);
+            }
+        }
+        tmax = warpMax(tmax);
+        if ((threadIdx.x & 31) == 0 && tmax > 0.0f)
+            atomicMax(&tileMax[rt * g.chTiles + chTile], __float_as_uint(tmax));
+        threadMax = fmaxf(threadMax, tmax);
+    }
+    if (binning) counter.flush(myHist, hp.n / 2);
+    if (active) {
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+            if (amax[i] > 0.0f) atomicMax(&absMaxBits[c0 + i], __float_as_uint(amax[i]));
+            if (sa[i] != 0.0) atomicAdd(&sumAbs[c0 + i], sa[i]);
+            if (sq[i] != 0.0) atomicAdd(&sumSq[c0 + i], sq[i]);
+        }
+    }
+    if ((threadIdx.x & 31) == 0 && threadMax > 0.0f)
+        atomicMax(&batch->maxBits, __float_as_uint(threadMax));
+    __syncthreads();
+    if (binning) flushShared(shHist, hp, batchHist);
+}
+
+// The smallest power of two at or above x (x > 0): exp2(ceil(log2(x))), exactly.
+__device__ double pow2Ceil(double x)
+{
+    int e = 0;
+    const double m = frexp(x, &e);  // x = m * 2^e, m in [0.5, 1)
+    return m == 0.5 ? ldexp(1.0, e - 1) : ldexp(1.0, e);
+}
+
+// Range growth as ActivationStats::growRange: the first range is the power of two at or above the
+// batch max (bins untouched); later the range doubles with pair merges until it covers the batch.
+// batchHist is the merge's scratch and is cleared when the batch must be binned again.
+__global__ void __launch_bounds__(kOneBlockThreads)
+    growKernel(PersistentState* st, BatchState* batch, unsigned long long* hist,
+               unsigned long long* batchHist, int n)
+{
+    const double oldRange = st->range;
+    const double needed = double(__uint_as_float(batch->maxBits));
+    double range = oldRange;
+    if (needed > oldRange) {
+        if (oldRange == 0) {
+            range = pow2Ceil(fmax(needed, 1e-30));
+        } else {
+            const int q = n / 4;
+            while (range < needed) {
+                for (int j = threadIdx.x; j < n; j += blockDim.x) {
+                    unsigned long long s = 0;
+                    if (j >= q && j < q + n / 2) s = hist[2 * (j - q)] + hist[2 * (j - q) + 1];
+                    batchHist[j] = s;
+                }
+                __syncthreads();
+                for (int j = threadIdx.x; j < n; j += blockDim.x) hist[j] = batchHist[j];
+                __syncthreads();
+                range *= 2;
+            }
+        }
+    }
+    const bool rebin = needed > oldRange || oldRange == 0;
+    if (rebin)
+        for (int j = threadIdx.x; j < n; j += blockDim.x) batchHist[j] = 0;
+    if (threadIdx.x == 0) {
+        st->range = range;
+        batch->rebin = rebin;
+    }
+}
+
+// Bins the batch again at the grown range (exits at once when the range did not grow). With a
+// zero range (nothing but zeros so far) the CPU's bin index is NaN cast to int64, clamped to 0.
+template <class T, int V, bool kPow2>
+__global__ void __launch_bounds__(kMaxThreads)
+    rebinKernel(const T* __restrict__ x, Geometry g, HistParams hp,
+                const PersistentState* __restrict__ st, const BatchState* __restrict__ batch,
+                unsigned long long* __restrict__ batchHist)
+{
+    if (!batch->rebin) return;
+    extern __shared__ unsigned shHist[];
+    const double range = st->range;
+    const Binner binner = Binner::make(range, hp.n);
+    unsigned* myHist = shHist + ((threadIdx.x >> 5) % hp.copies) * hp.n;
+    zeroShared(shHist, hp.n * hp.copies);
+    __syncthreads();
+    const int chTile = blockIdx.x % g.chTiles;
+    const int c0 = chTile * g.threads * V + threadIdx.x * V;
+    HistCounter counter;
+    unsigned zeroRangeCount = 0;
+    const std::int64_t step = gridDim.x / g.chTiles;
+    if (c0 < g.channels) {
+        for (std::int64_t rt = blockIdx.x / g.chTiles; rt < g.rowTiles; rt += step) {
+            const std::int64_t r0 = rt * kRowsPerTile;
+            const std::int64_t r1 = min(r0 + kRowsPerTile, g.rows);
+            for (std::int64_t r = r0; r < r1; r += kUnroll) {
+                float v[kUnroll][V];
+#pragma unroll
+                for (int u = 0; u < kUnroll; ++u)
+                    if (r + u < r1) loadValues<T, V>(x + (r + u) * g.channels + c0, v[u]);
+#pragma unroll
+                for (int u = 0; u < kUnroll; ++u) {
+                    if (r + u >= r1) break;
+#pragma unroll
+                    for (int i = 0; i < V; ++i) {
+                        if (!(fabsf(v[u][i]) <= FLT_MAX)) continue;
+                        if (range > 0)
+                            counter.add(binner.offset<kPow2>(v[u][i]), myHist, hp.n / 2);
+                        else
+                            ++zeroRangeCount;
+                    }
+                }
+            }
+        }
+    }
+    counter.flush(myHist, hp.n / 2);
+    if (zeroRangeCount) atomicAdd(&myHist[0], zeroRangeCount);
+    __syncthreads();
+    flushShared(shHist, hp, batchHist);
+}
+
+// Adds the batch histogram to the running one and clears it; with k > 0 also finds the top-k
+// threshold: fold the batch histogram on |x|, find the highest bin f with at least k values at or
+// above it; any value below (f - 2) bin widths has k values strictly larger (one bin of margin for
+// the bin-edge rounding) and cannot enter.
+__global__ void __launch_bounds__(kOneBlockThreads)
+    thresholdKernel(const PersistentState* __restrict__ st, BatchState* __restrict__ batch,
+                    unsigned long long* __restrict__ hist,
+                    unsigned long long* __restrict__ batchHist, int n, int k,
+                    const TopEntry* __restrict__ top)
+{
+    using Scan = cub::BlockScan<unsigned long long, kOneBlockThreads>;
+    __shared__ typename Scan::TempStorage scanStorage;
+    __shared__ int boundary;
+    const int half = n / 2;
+    if (k > 0) {
+        // Thread t holds the folded bins of chunk u = 1023 - t, so the scan runs from the top.
+        const int per = (half + kOneBlockThreads - 1) / kOneBlockThreads;
+        const int u = kOneBlockThreads - 1 - int(threadIdx.x);
+        const int lo = min(u * per, half), hi = min(lo + per, half);
+        unsigned long long chunk = 0;
+        for (int j = lo; j < hi; ++j) chunk += batchHist[half + j] + batchHist[half - 1 - j];
+        unsigned long long above = 0;
+        Scan(scanStorage).InclusiveSum(chunk, above);
+        if (threadIdx.x == 0) boundary = 0;
+        __syncthreads();
+        if (above >= (unsigned long long)k && above - chunk < (unsigned long long)k) {
+            unsigned long long acc = above - chunk;
+            for (int j = hi - 1; j >= lo; --j) {
+                acc += batchHist[half + j] + batchHist[half - 1 - j];
+                if (acc >= (unsigned long long)k) {
+                    boundary = j;
+                    break;
+                }
+            }
+        }
+        __syncthreads();
+    }
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        hist[j] += batchHist[j];
+        batchHist[j] = 0;
+    }
+    if (threadIdx.x == 0 && k > 0) {
+        const double width = 2 * st->range / n;
+        batch->thrLo = boundary >= 2 ? __double2float_rd((boundary - 2) * width) : 0.0f;
+        const bool full = st->topCount >= k;
+        batch->full = full;
+        batch->floorAbs = full ? fabsf(top[k - 1].value) : -1.0f;
+        batch->candCount = 0;
+    }
+}
+
+// Merges the shared key buffer down to its k largest keys; returns the new count.
+__device__ int mergeKeys(unsigned long long* keys, int count, int k, unsigned long long* floorKey)
+{
+    sortKeysDesc(keys, count);
+    const int kept = min(count, k);
+    if (kept == k && threadIdx.x == 0) *floorKey = keys[k - 1];
+    __syncthreads();
+    return kept;
+}
+
+// Each block keeps the top-k (by key) of the values of its tiles that pass the thresholds, then
+// appends them to the candidate list (at most k per block).
+template <class T, int V>
+__global__ void __launch_bounds__(kMaxThreads)
+    candidateKernel(const T* __restrict__ x, Geometry g, int k, BatchState* batch,
+                    const unsigned* __restrict__ tileMax, unsigned long long* __restrict__ cand)
+{
+    __shared__ unsigned long long keys[kKeyBuffer];
+    __shared__ int count;
+    __shared__ unsigned long long floorKey;  // the block's k-th key once it holds k
+    const float thrLo = batch->thrLo;
+    const float floorAbs = batch->floorAbs;
+    const bool full = batch->full;
+    if (threadIdx.x == 0) {
+        count = 0;
+        floorKey = 0;
+    }
+    __syncthreads();
+    const int chTile = blockIdx.x % g.chTiles;
+    const int c0 = chTile * g.threads * V + threadIdx.x * V;
+    const bool active = c0 < g.channels;
+    const int mergeAt = kKeyBuffer - int(blockDim.x) * V;
+    const std::int64_t step = gridDim.x / g.chTiles;
+    for (std::int64_t rt = blockIdx.x / g.chTiles; rt < g.rowTiles; rt += step) {
+        const float tm = __uint_as_float(tileMax[rt * g.chTiles + chTile]);
+        if (tm < thrLo || (full && tm <= floorAbs)) continue;  // uniform across the block
+        const std::int64_t r0 = rt * kRowsPerTile;
+        const std::int64_t r1 = min(r0 + kRowsPerTile, g.rows);
+        for (std::int64_t r = r0; r < r1; ++r) {
+            if (active) {
+                float v[V];
+                loadValues<T, V>(x + r * g.channels + c0, v);
+                const unsigned long long fk = floorKey;
+#pragma unroll
+                for (int i = 0; i < V; ++i) {
+                    const float a = fabsf(v[i]);
+                    if (!(a <= FLT_MAX) || a < thrLo || (full && a <= floorAbs)) continue;
+                    const unsigned long long order =
+                        (unsigned long long)k + (unsigned long long)r * g.channels + (c0 + i);
+                    const unsigned long long key = makeKey(a, order);
+                    if (key > fk) keys[atomicAdd(&count, 1)] = key;
+                }
+            }
+            __syncthreads();
+            const int c = count;
+            if (c > mergeAt) {
+                const int kept = mergeKeys(keys, c, k, &floorKey);
+                if (threadIdx.x == 0) count = kept;
+            }
+            __syncthreads();
+        }
+    }
+    const int c = count;
+    if (c == 0) return;
+    const int kept = mergeKeys(keys, c, k, &floorKey);
+    __shared__ unsigned base;
+    if (threadIdx.x == 0) base = atomicAdd(&batch->candCount, unsigned(kept));
+    __syncthreads();
+    for (int i = threadIdx.x; i < kept; i += blockDim.x) cand[base + i] = keys[i];
+}
+
+// One block: the running list (orders 0..count-1) and every block's candidates, merged down to k;
+// entries are resolved back to value, channel, sample and position.
+template <class T>
+__global__ void __launch_bounds__(kOneBlockThreads)
+    mergeTopKernel(const T* __restrict__ x, int channels, std::int64_t tokensPerSequence,
+                   int firstSample, int k, PersistentState* st, const BatchState* batch,
+                   const unsigned long long* __restrict__ cand, const TopEntry* __restrict__ oldTop,
+                   TopEntry* __restrict__ newTop)
+{
+    __shared__ unsigned long long keys[kKeyBuffer];
+    __shared__ unsigned long long unusedFloor;
+    const int oldCount = st->topCount;
+    const unsigned m = batch->candCount;
+    for (int i = threadIdx.x; i < oldCount; i += blockDim.x)
+        keys[i] = makeKey(fabsf(oldTop[i].value), (unsigned long long)i);
+    int count = oldCount;
+    for (unsigned from = 0; from < m;) {
+        const unsigned take = min(m - from, unsigned(kKeyBuffer - count));
+        for (unsigned i = threadIdx.x; i < take; i += blockDim.x) keys[count + i] = cand[from + i];
+        __syncthreads();
+        count = mergeKeys(keys, count + int(take), k, &unusedFloor);
+        from += take;
+    }
+    __syncthreads();
+    for (int p = threadIdx.x; p < count; p += blockDim.x) {
+        const unsigned long long order = keyOrder(keys[p]);
+        TopEntry e;
+        if (order < (unsigned long long)k) {
+            e = oldTop[order];
+        } else {
+            const unsigned long long idx = order - k;
+            const std::int64_t row = std::int64_t(idx / channels);
+            const int channel = int(idx % channels);
+            e.value = loadOne(x + idx);
+            e.channel = channel;
+            e.sample = firstSample + int(row / tokensPerSequence);
+            e.position = int(row % tokensPerSequence);
+        }
+        newTop[p] = e;
+    }
+    if (threadIdx.x == 0) st->topCount = count;
+}
+
+__global__ void addToDouble(const float* __restrict__ src, double* __restrict__ dst, std::size_t n)
+{
+    for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n;
+         i += std::size_t(gridDim.x) * blockDim.x)
+        dst[i] += double(src[i]);
+}
+
+// ---- host side ---------------------------------------------------------------------------------
+
+template <class T>
+class DeviceArray {
+public:
+    DeviceArray() = default;
+    ~DeviceArray() { release(); }
+    DeviceArray(const DeviceArray&) = delete;
+    DeviceArray& operator=(const DeviceArray&) = delete;
+    Status allocate(std::size_t count)
+    {
+        release();
+        if (count == 0) return {};
+        QL_CUDA_TRY(cudaMalloc(&m_ptr, count * sizeof(T)));
+        m_count = count;
+        return {};
+    }
+    void release()
+    {
+        if (m_ptr) cudaFree(m_ptr);
+        m_ptr = nullptr;
+        m_count = 0;
+    }
+    T* get() const { return m_ptr; }
+    std::size_t size() const { return m_count; }
+    std::size_t bytes() const { return m_count * sizeof(T); }
+
+private:
+    T* m_ptr = nullptr;
+    std::size_t m_count = 0;
+};
+
+Error blasError(cublasStatus_t status, const char* what)
+{
+    return makeError(
+        status == CUBLAS_STATUS_ALLOC_FAILED ? ErrorCode::OutOfMemory : ErrorCode::Device,
+        std::string(what) + " failed: " + cublasGetStatusString(status));
+}
+
+// Restores a cuBLAS handle's stream and pointer mode when it goes out of scope.
+class BlasScope {
+public:
+    BlasScope(cublasHandle_t h, cudaStream_t stream) : m_h(h)
+    {
+        cublasGetStream(h, &m_stream);
+        cublasGetPointerMode(h, &m_mode);
+        cublasSetStream(h, stream);
+        cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST);
+    }
+    ~BlasScope()
+    {
+        cublasSetStream(m_h, m_stream);
+        cublasSetPointerMode(m_h, m_mode);
+    }
+    BlasScope(const BlasScope&) = delete;
+    BlasScope& operator=(const BlasScope&) = delete;
+
+private:
+    cublasHandle_t m_h;
+    cudaStream_t m_stream = nullptr;
+    cublasPointerMode_t m_mode = CUBLAS_POINTER_MODE_HOST;
+};
+
+}  // namespace
+
+struct DeviceStats::Impl {
+    DeviceStatsConfig config;
+    cudaStream_t stream = nullptr;
+    cublasHandle_t blas = nullptr;
+    int bins = 0;
+    bool pow2Bins = false;
+    int sms = 1;
+    std::int64_t tokens = 0;
+    int current = 0;  // which top buffer holds the running list
+
+    DeviceArray<unsigned> absMaxBits;
+    DeviceArray<double> sumAbs, sumSq;
+    DeviceArray<unsigned long long> hist, batchHist;
+    DeviceArray<PersistentState> state;
+    DeviceArray<BatchState> batch;
+    DeviceArray<TopEntry> top[2];
+    DeviceArray<unsigned long long> cand;
+    DeviceArray<unsigned> tileMax;
+    DeviceArray<float> hessian32;   // Float32: the accumulator; Float64: one batch's product
+    DeviceArray<double> hessian64;  // Float64 accumulator
+
+    Status allocate();
+    Status zero();
+    Geometry geometry(std::int64_t rows, int vec, int maxBlocks) const;
+    HistParams histParams(int threads) const;
+    template <class T>
+    Status add(const T* x, std::int64_t rows, std::int64_t sequences, std::int32_t firstSample);
+    template <class T, int V>
+    Status launchStats(const T* x, std::int64_t rows, std::int64_t tokensPerSequence,
+                       std::int32_t firstSample);
+    template <class T>
+    Status addHessian(const T* x, std::int64_t rows);
+};
+
+Status DeviceStats::Impl::allocate()
+{
+    const std::size_t c = config.channels;
+    if (config.statistics) {
+        QL_TRY_STATUS(absMaxBits.allocate(c));
+        QL_TRY_STATUS(sumAbs.allocate(c));
+        QL_TRY_STATUS(sumSq.allocate(c));
+        QL_TRY_STATUS(hist.allocate(bins));
+        QL_TRY_STATUS(batchHist.allocate(bins));
+        QL_TRY_STATUS(state.allocate(1));
+        QL_TRY_STATUS(batch.allocate(1));
+        if (config.topK > 0) {
+            QL_TRY_STATUS(top[0].allocate(config.topK));
+            QL_TRY_STATUS(top[1].allocate(config.topK));
+            QL_TRY_STATUS(cand.allocate(std::size_t(config.topK) * kBlocksPerSm * sms));
+        }
+    }
+    if (config.hessian != HessianMode::None) QL_TRY_STATUS(hessian32.allocate(c * c));
+    if (config.hessian == HessianMode::Float64) QL_TRY_STATUS(hessian64.allocate(c * c));
+    return zero();
+}
+
+Status DeviceStats::Impl::zero()
+{
+    auto clear = [&](void* p, std::size_t bytes) {
+        return p ? cudaMemsetAsync(p, 0, bytes, stream) : cudaSuccess;
+    };
+    QL_CUDA_TRY(clear(absMaxBits.get(), absMaxBits.bytes()));
+    QL_CUDA_TRY(clear(sumAbs.get(), sumAbs.bytes()));
+    QL_CUDA_TRY(clear(sumSq.get(), sumSq.bytes()));
+    QL_CUDA_TRY(clear(hist.get(), hist.bytes()));
+    QL_CUDA_TRY(clear(batchHist.get(), batchHist.bytes()));
+    QL_CUDA_TRY(clear(state.get(), state.bytes()));
+    QL_CUDA_TRY(clear(hessian32.get(), hessian32.bytes()));
+    QL_CUDA_TRY(clear(hessian64.get(), hessian64.bytes()));
+    tokens = 0;
+    current = 0;
+    return {};
+}
+
+Geometry DeviceStats::Impl::geometry(std::int64_t rows, int vec, int maxBlocks) const
+{
+    Geometry g{};
+    g.rows = rows;
+    g.channels = config.channels;
+    const int lanes = (config.channels + vec - 1) / vec;
+    g.threads = std::min(kMaxThreads, (lanes + 31) / 32 * 32);
+    const int width = g.threads * vec;
+    g.chTiles = (config.channels + width - 1) / width;
+    g.rowTiles = (rows + kRowsPerTile - 1) / kRowsPerTile;
+    const std::int64_t perTile = std::max<std::int64_t>(1, maxBlocks / g.chTiles);
+    g.blocks = int(g.chTiles * std::min<std::int64_t>(g.rowTiles, perTile));
+    return g;
+}
+
+HistParams DeviceStats::Impl::histParams(int threads) const
+{
+    HistParams hp{};
+    hp.n = bins;
+    const int warps = threads / 32;
+    int copies = 1;
+    while (copies * 2 <= warps && copies * 2 <= 8 &&
+           std::size_t(copies) * 2 * bins * sizeof(unsigned) <= 32 * 1024)
+        copies *= 2;
+    hp.copies = copies;
+    return hp;
+}
+
+template <class T, int V>
+Status DeviceStats::Impl::launchStats(const T* x, std::int64_t rows, std::int64_t tokensPerSequence,
+                                      std::int32_t firstSample)
+{
+    const int maxBlocks = kBlocksPerSm * sms;
+    const Geometry g = geometry(rows, V, maxBlocks);
+    const HistParams hp = histParams(g.threads);
+    const std::size_t smem = std::size_t(hp.copies) * hp.n * sizeof(unsigned);
+    const std::size_t tiles = std::size_t(g.chTiles) * g.rowTiles;
+    if (tileMax.size() < tiles) QL_TRY_STATUS(tileMax.allocate(tiles + tiles / 4));
+    const std::size_t candidates = std::size_t(config.topK) * g.blocks;  // k per block at most
+    if (cand.size() < candidates) QL_TRY_STATUS(cand.allocate(candidates));
+    QL_CUDA_TRY(cudaMemsetAsync(batch.get(), 0, sizeof(BatchState), stream));
+    QL_CUDA_TRY(cudaMemsetAsync(tileMax.get(), 0, tiles * sizeof(unsigned), stream));
+
+    if (pow2Bins)
+        statsKernel<T, V, true><<<g.blocks, g.threads, smem, stream>>>(
+            x, g, hp, state.get(), batch.get(), absMaxBits.get(), sumAbs.get(), sumSq.get(),
+            batchHist.get(), tileMax.get());
+    else
+        statsKernel<T, V, false><<<g.blocks, g.threads, smem, stream>>>(
+            x, g, hp, state.get(), batch.get(), absMaxBits.get(), sumAbs.get(), sumSq.get(),
+            batchHist.get(), tileMax.get());
+    QL_CUDA_TRY(cudaGetLastError());
+    growKernel<<<1, kOneBlockThreads, 0, stream>>>(state.get(), batch.get(), hist.get(),
+                                                   batchHist.get(), bins);
+    QL_CUDA_TRY(cudaGetLastError());
+    if (pow2Bins)
+        rebinKernel<T, V, true><<<g.blocks, g.threads, smem, stream>>>(
+            x, g, hp, state.get(), batch.get(), batchHist.get());
+    else
+        rebinKernel<T, V, false><<<g.blocks, g.threads, smem, stream>>>(
+            x, g, hp, state.get(), batch.get(), batchHist.get());
+    QL_CUDA_TRY(cudaGetLastError());
+    const int k = config.topK;
+    thresholdKernel<<<1, kOneBlockThreads, 0, stream>>>(state.get(), batch.get(), hist.get(),
+                                                        batchHist.get(), bins, k,
+                                                        k > 0 ? top[current].get() : nullptr);
+    QL_CUDA_TRY(cudaGetLastError());
+    if (k > 0) {
+        candidateKernel<T, V>
+            <<<g.blocks, g.threads, 0, stream>>>(x, g, k, batch.get(), tileMax.get(), cand.get());
+        QL_CUDA_TRY(cudaGetLastError());
+        mergeTopKernel<T><<<1, kOneBlockThreads, 0, stream>>>(
+            x, config.channels, tokensPerSequence, firstSample, k, state.get(), batch.get(),
+            cand.get(), top[current].get(), top[1 - current].get());
+        QL_CUDA_TRY(cudaGetLastError());
+        current = 1 - current;
+    }
+    return {};
+}
+
+template <class T>
+Status DeviceStats::Impl::addHessian(const T* x, std::int64_t rows)
+{
+    constexpr bool kBf16 = sizeof(T) == 2;
+    const int c = config.channels;
+    const cudaDataType_t type = kBf16 ? CUDA_R_16BF : CUDA_R_32F;
+    const cublasComputeType_t compute = kBf16 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_PEDANTIC;
+    const float one = 1.0f, zero = 0.0f;
+    BlasScope scope(blas, stream);
+    std::int64_t chunk = config.hessianChunkRows > 0 ? config.hessianChunkRows
+                                                     : (kBf16 ? kBf16GemmRows : kMaxGemmRows);
+    chunk = std::min(chunk, kMaxGemmRows);
+    for (std::int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        const int k = int(std::min(chunk, rows - r0));
+        // Row-major X (rows × c) is column-major Xᵀ (c × rows, ld c): H = Xᵀ · (Xᵀ)ᵀ.
+        const float* beta = (config.hessian == HessianMode::Float32 || r0 > 0) ? &one : &zero;
+        const T* a = x + r0 * c;
+        cublasStatus_t s =
+            cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_T, c, c, k, &one, a, type, c, a, type, c,
+                         beta, hessian32.get(), CUDA_R_32F, c, compute, CUBLAS_GEMM_DEFAULT);
+        if (s != CUBLAS_STATUS_SUCCESS) return blasError(s, "cublasGemmEx (Hessian)");
+    }
+    if (config.hessian == HessianMode::Float64) {
+        const std::size_t n = std::size_t(c) * c;
+        const int blocks = int(std::min<std::size_t>((n + 255) / 256, std::size_t(sms) * 8));
+        addToDouble<<<blocks, 256, 0, stream>>>(hessian32.get(), hessian64.get(), n);
+        QL_CUDA_TRY(cudaGetLastError());
+    }
+    return {};
+}
+
+template <class T>
+Status DeviceStats::Impl::add(const T* x, std::int64_t rows, std::int64_t sequences,
+                              std::int32_t firstSample)
+{
+    const int c = config.channels;
+    if (rows < 0 || sequences < 1 || rows % sequences != 0)
+        return makeError(ErrorCode::InvalidArgument,
+                         "DeviceStats::add: " + std::to_string(rows) + " rows are not " +
+                             std::to_string(sequences) + " equal sequences");
+    if (rows == 0) return {};
+    if (!x) return makeError(ErrorCode::InvalidArgument, "DeviceStats::add: null input");
+    const std::int64_t tokensPerSequence = rows / sequences;
+    if (tokensPerSequence > INT_MAX ||
+        (config.statistics && config.topK > 0 &&
+         std::uint64_t(rows) * std::uint64_t(c) + config.topK >= kOrderMask))
+        return makeError(ErrorCode::InvalidArgument,
+                         "DeviceStats::add: batch of " + std::to_string(rows) + " × " +
+                             std::to_string(c) + " values is too large for one call; split it");
+    if (config.statistics) {
+        constexpr int kVec = vecWidth<T>();
+        const bool vec = c % kVec == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0;
+        if (vec)
+            QL_TRY_STATUS((launchStats<T, kVec>(x, rows, tokensPerSequence, firstSample)));
+        else
+            QL_TRY_STATUS((launchStats<T, 1>(x, rows, tokensPerSequence, firstSample)));
+    }
+    if (config.hessian != HessianMode::None) QL_TRY_STATUS(addHessian(x, rows));
+    tokens += rows;
+    return {};
+}
+
+DeviceStats::DeviceStats() = default;
+DeviceStats::~DeviceStats() = default;
+DeviceStats::DeviceStats(DeviceStats&&) noexcept = default;
+DeviceStats& DeviceStats::operator=(DeviceStats&&) noexcept = default;
+
+Result<DeviceStats> DeviceStats::create(const DeviceStatsConfig& config, cudaStream_t stream,
+                                        cublasHandle_t blas)
+{
+    if (config.channels <= 0)
+        return makeError(ErrorCode::InvalidArgument, "DeviceStats: channel count must be positive");
+    const int bins = std::max(2, config.histogramBins + (config.histogramBins & 1));
+    if (bins > kMaxHistogramBins)
+        return makeError(ErrorCode::Unsupported,
+                         "DeviceStats: at most " + std::to_string(kMaxHistogramBins) +
+                             " histogram bins on the GPU (asked for " + std::to_string(bins) + ")");
+    if (config.topK < 0 || config.topK > kMaxTopK)
+        return makeError(ErrorCode::Unsupported,
+                         "DeviceStats: top-k must be within 0.." + std::to_string(kMaxTopK));
+    if (config.hessian != HessianMode::None && !blas)
+        return makeError(ErrorCode::InvalidArgument,
+                         "DeviceStats: a Hessian needs a cuBLAS handle");
+    DeviceStats s;
+    s.m_impl = std::make_unique<Impl>();
+    Impl& m = *s.m_impl;
+    m.config = config;
+    m.stream = stream;
+    m.blas = blas;
+    m.bins = bins;
+    m.pow2Bins = (bins & (bins - 1)) == 0;
+    int device = 0;
+    QL_CUDA_TRY(cudaGetDevice(&device));
+    QL_CUDA_TRY(cudaDeviceGetAttribute(&m.sms, cudaDevAttrMultiProcessorCount, device));
+    QL_TRY_STATUS(m.allocate());
+    return Result<DeviceStats>(std::move(s));
+}
+
+Status DeviceStats::add(const float* dX, std::int64_t rows, std::int64_t sequences,
+                        std::int32_t firstSample)
+{
+    if (!m_impl) return makeError(ErrorCode::InvalidArgument, "DeviceStats: not created");
+    return m_impl->add(dX, rows, sequences, firstSample);
+}
+
+Status DeviceStats::add(const __nv_bfloat16* dX, std::int64_t rows, std::int64_t sequences,
+                        std::int32_t firstSample)
+{
+    if (!m_impl) return makeError(ErrorCode::InvalidArgument, "DeviceStats: not created");
+    return m_impl->add(dX, rows, sequences, firstSample);
+}
+
+Status DeviceStats::reset()
+{
+    if (!m_impl) return makeError(ErrorCode::InvalidArgument, "DeviceStats: not created");
+    return m_impl->zero();
+}
+
+Status DeviceStats::downloadParts(DeviceStatsParts& out) const
+{
+    if (!m_impl) return makeError(ErrorCode::InvalidArgument, "DeviceStats: not created");
+    const Impl& m = *m_impl;
+    QL_CUDA_TRY(cudaStreamSynchronize(m.stream));
+    const std::size_t c = m.config.channels;
+    out = DeviceStatsParts{};
+    out.channels = m.config.channels;
+    out.tokens = m.tokens;
+    out.topK = m.config.topK;
+    out.hessian = m.config.hessian;
+    out.absMax.assign(c, 0.0f);
+    out.sumAbs.assign(c, 0.0);
+    out.sumSquare.assign(c, 0.0);
+    out.counts.assign(m.bins, 0);
+    if (m.config.statistics) {
+        static_assert(sizeof(float) == sizeof(unsigned));
+        QL_CUDA_TRY(cudaMemcpy(out.absMax.data(), m.absMaxBits.get(), c * sizeof(float),
+                               cudaMemcpyDeviceToHost));
+        QL_CUDA_TRY(cudaMemcpy(out.sumAbs.data(), m.sumAbs.get(), c * sizeof(double),
+                               cudaMemcpyDeviceToHost));
+        QL_CUDA_TRY(cudaMemcpy(out.sumSquare.data(), m.sumSq.get(), c * sizeof(double),
+                               cudaMemcpyDeviceToHost));
+        QL_CUDA_TRY(cudaMemcpy(out.counts.data(), m.hist.get(), m.bins * sizeof(std::uint64_t),
+                               cudaMemcpyDeviceToHost));
+        PersistentState st{};
+        QL_CUDA_TRY(cudaMemcpy(&st, m.state.get(), sizeof st, cudaMemcpyDeviceToHost));
+        out.range = st.range;
+        if (m.config.topK > 0 && st.topCount > 0) {
+            std::vector<TopEntry> top(st.topCount);
+            QL_CUDA_TRY(cudaMemcpy(top.data(), m.top[m.current].get(),
+                                   top.size() * sizeof(TopEntry), cudaMemcpyDeviceToHost));
+            for (const auto& e : top) out.top.push_back({e.value, e.channel, e.sample, e.position});
+        }
+    }
+    if (m.config.hessian == HessianMode::Float32) {
+        std::vector<float> h(c * c);
+        QL_CUDA_TRY(cudaMemcpy(h.data(), m.hessian32.get(), h.size() * sizeof(float),
+                               cudaMemcpyDeviceToHost));
+        out.hessianValues.assign(h.begin(), h.end());
+    } else if (m.config.hessian == HessianMode::Float64) {
+        out.hessianValues.resize(c * c);
+        QL_CUDA_TRY(cudaMemcpy(out.hessianValues.data(), m.hessian64.get(),
+                               out.hessianValues.size() * sizeof(double), cudaMemcpyDeviceToHost));
+    }
+    return {};
+}
+
+std::int32_t DeviceStats::channels() const
+{
+    return m_impl ? m_impl->config.channels : 0;
+}
+
+std::int64_t DeviceStats::tokenCount() const
+{
+    return m_impl ? m_impl->tokens : 0;
+}
+
+const float* DeviceStats::deviceHessian32() const
+{
+    return m_impl && m_impl->config.hessian == HessianMode::Float32 ? m_impl->hessian32.get()
+                                                                    : nullptr;
+}
+
+const double* DeviceStats::deviceHessian64() const
+{
+    return m_impl ? m_impl->hessian64.get() : nullptr;
+}
+
+std::uint64_t DeviceStats::deviceBytes() const
+{
+    if (!m_impl) return 0;
+    const Impl& m = *m_impl;
+    return m.absMaxBits.bytes() + m.sumAbs.bytes() + m.sumSq.bytes() + m.hist.bytes() +
+           m.batchHist.bytes() + m.state.bytes() + m.batch.bytes() + m.top[0].bytes() +
+           m.top[1].bytes() + m.cand.bytes() + m.tileMax.bytes() + m.hessian32.bytes() +
+           m.hessian64.bytes();
+}
+
+}  // namespace ql::cuda

@@ -1,0 +1,133 @@
+// DeviceStats: one calibration probe's activation statistics accumulated on the GPU — the device
+// twin of ql::ActivationStats (core/calib/activation_stats.h), which stays the oracle.
+//
+// add() takes an activation matrix already on the device (rows = tokens, row-major rows ×
+// channels, float32 or bf16) and enqueues everything on the stream; nothing synchronizes until
+// download(). Per batch:
+//   1. one fused pass reads X once: per-channel abs-max, Σ|x| and Σx² (double atomics), the batch
+//      abs-max, the abs-max of every tile (32 rows × one channel tile), and the histogram binned
+//      speculatively at the current range (shared-memory histograms; the two central bins, where
+//      nearly everything lands once massive activations set the range, counted in registers);
+//   2. if the batch exceeds the range, the range grows exactly as the CPU grows it (first range:
+//   the
+//      power of two at or above the batch max; then doublings with pair merges) and the batch is
+//      binned again at the new range — the CPU bins each add() at the range reached after it, and
+//      so does this;
+//   3. top-k: a threshold from the batch histogram (values below it have k larger ones) and the
+//      current k-th |value| skip whole tiles by their abs-max; each block keeps its own top-k of
+//      the surviving values in shared memory (bitonic merges), and one block merges those with the
+//      running list. Ties are broken as the CPU breaks them (earlier rows and channels first, the
+//      running list before the batch) through a 64-bit key: |value| bits above the inverted order;
+//   4. the Hessian XᵀX by cuBLAS: bf16 inputs on tensor cores with float32 accumulation, float32
+//      inputs with CUBLAS_COMPUTE_32F_PEDANTIC (no TF32), beta = 1 across batches; Float64 sums
+//      each batch's float32 product into a double buffer.
+// The result equals ActivationStats::add over the same rows: abs-max, histogram and top-k exactly,
+// sums and Hessian to rounding. The histogram differs only where the CPU's own result depends on
+// how rows are split into add() calls (a value exactly at a smaller intermediate range).
+//
+// This header is plain host C++ (C++17 for the .cu files, C++20 for the rest): core's types appear
+// only as forward declarations; download() and the RunnerStatsOptions overload of create() are
+// defined in stats_host.cpp.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "util/result.h"
+
+namespace ql {
+class ActivationStats;
+struct RunnerStatsOptions;
+}  // namespace ql
+
+namespace ql::cuda {
+
+enum class HessianMode { None, Float32, Float64 };  // mirrors ql::HessianPrecision
+
+struct DeviceStatsConfig {
+    std::int32_t channels = 0;
+    HessianMode hessian = HessianMode::Float32;
+    int histogramBins = 2048;  // made even (at least 2) as on the CPU; at most kMaxHistogramBins
+    int topK = 32;             // at most kMaxTopK
+    bool statistics = true;    // false: the Hessian alone (benchmarks)
+    // Rows per Hessian GEMM; an add() with more rows runs several GEMMs, each added to the
+    // accumulator with beta = 1. 0: 16384 for bf16 inputs, one GEMM for float32. Tensor cores
+    // accumulate a GEMM's products with truncation, which biases long sums (about 1e-3 relative
+    // over 262144 rows in one GEMM); the epilogue's addition rounds to nearest.
+    std::int64_t hessianChunkRows = 0;
+};
+
+constexpr int kMaxHistogramBins = 12288;  // shared-memory histograms
+constexpr int kMaxTopK = 1024;
+
+// Host copy of the accumulators (what download() turns into an ActivationStats).
+struct DeviceStatsParts {
+    struct Top {
+        float value = 0;
+        std::int32_t channel = 0, sample = 0, position = 0;
+    };
+    std::int32_t channels = 0;
+    std::int64_t tokens = 0;
+    int topK = 0;
+    std::vector<float> absMax;
+    std::vector<double> sumAbs, sumSquare;
+    double range = 0;
+    std::vector<std::uint64_t> counts;
+    std::vector<Top> top;  // by descending |value|
+    HessianMode hessian = HessianMode::None;
+    std::vector<double> hessianValues;  // channels × channels
+};
+
+class DeviceStats {
+public:
+    DeviceStats();
+    ~DeviceStats();
+    DeviceStats(DeviceStats&&) noexcept;
+    DeviceStats& operator=(DeviceStats&&) noexcept;
+    DeviceStats(const DeviceStats&) = delete;
+    DeviceStats& operator=(const DeviceStats&) = delete;
+
+    // Allocates the accumulators on the current device. Work goes to `stream`; `blas` runs the
+    // Hessian GEMMs (its stream and pointer mode are set for each call and restored after).
+    static Result<DeviceStats> create(const DeviceStatsConfig& config, cudaStream_t stream,
+                                      cublasHandle_t blas);
+    static Result<DeviceStats> create(std::int32_t channels, const RunnerStatsOptions& options,
+                                      cudaStream_t stream, cublasHandle_t blas);
+
+    // dX: rows × channels on the device, row-major. The rows are `sequences` sequences of
+    // rows / sequences tokens: row r is token r % T of calibration sample firstSample + r / T.
+    // Asynchronous; dX must stay valid until the stream has run the work.
+    Status add(const float* dX, std::int64_t rows, std::int64_t sequences = 1,
+               std::int32_t firstSample = 0);
+    Status add(const __nv_bfloat16* dX, std::int64_t rows, std::int64_t sequences = 1,
+               std::int32_t firstSample = 0);
+
+    // Zero every accumulator (collection starts afresh).
+    Status reset();
+
+    // Waits for the stream and copies the accumulators back.
+    Status downloadParts(DeviceStatsParts& out) const;
+    Result<ActivationStats> download() const;
+
+    std::int32_t channels() const;
+    std::int64_t tokenCount() const;
+    std::uint64_t deviceBytes() const;  // accumulators and scratch held on the device
+    // The Hessian accumulator on the device (channels × channels; symmetric, so row- and
+    // column-major alike), for device-side consumers such as GPTQ; null when not kept in that
+    // precision. Valid once the stream has run the adds.
+    const float* deviceHessian32() const;   // HessianMode::Float32
+    const double* deviceHessian64() const;  // HessianMode::Float64
+    bool valid() const { return m_impl != nullptr; }
+
+    struct Impl;
+
+private:
+    std::unique_ptr<Impl> m_impl;
+};
+
+}  // namespace ql::cuda

@@ -1,0 +1,40 @@
+// GPU benchmark of the calibration statistics (quantlens-cli bench hessian): the Hessian XᵀX on
+// tensor cores and the fused statistics pass, on synthetic heavy-tailed activations generated on
+// the device. Plain C++ (no CUDA types).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "util/result.h"
+
+namespace ql::cuda {
+
+struct StatsBenchConfig {
+    std::int32_t channels = 4096;
+    std::int64_t tokens = 262144;
+    bool bf16 = true;
+    int repeats = 3;
+};
+
+struct StatsBenchResult {
+    std::string device;
+    std::uint64_t inputBytes = 0;       // the activation matrix X
+    double hessianSeconds = 0;          // one XᵀX (GEMM accumulate, beta = 1), mean of repeats
+    double hessianTflops = 0;           // 2 · channels² · tokens / hessianSeconds
+    double hessianCheckError = 0;       // largest |H - ref| / sqrt(H_ii H_jj) of sampled entries
+    std::int64_t hessianChunkRows = 0;  // rows per GEMM (DeviceStatsConfig::hessianChunkRows)
+    double oneGemmSeconds = 0;          // bf16 with all rows in one GEMM (0: not run)
+    double oneGemmTflops = 0;
+    double oneGemmCheckError = 0;
+    double statsFirstSeconds = 0;        // first add: range set up, empty top-k (dense path)
+    double statsSeconds = 0;             // later adds of fresh data, mean of repeats
+    double statsGBps = 0;                // input bytes / statsSeconds
+    double addSeconds = 0;               // one add with statistics and the Hessian together
+    std::uint64_t accumulatorBytes = 0;  // DeviceStats with both (Float32 Hessian)
+    std::uint64_t peakBytes = 0;         // device memory in use at the peak, above the baseline
+};
+
+Result<StatsBenchResult> benchCalibrationStats(const StatsBenchConfig& config);
+
+}  // namespace ql::cuda
