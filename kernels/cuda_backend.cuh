@@ -1,4 +1,5 @@
-// The CUDA backend: one object owning the device, its stream and library handles.
+// The CUDA backend: one object owning the device's CudaContext (stream, cuBLAS handles), creating
+// model runners on it. Included by compute/factory.cpp, so plain C++ only.
 #pragma once
 
 #include <memory>

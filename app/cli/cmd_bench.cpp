@@ -9,6 +9,7 @@
 // stats: decoding + statistics throughput per stored type, tensor by tensor.
 // quant: RTN quantization throughput (app/cli/cmd_bench_quant.cpp).
 // hessian: calibration statistics on the GPU (app/cli/cmd_bench_hessian.cpp).
+// forward: whole forward passes on the GPU or CPU (app/cli/cmd_bench_gpu.cpp).
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -27,10 +28,13 @@
 
 namespace qlcli {
 
+int runBenchForward(Args args);  // app/cli/cmd_bench_gpu.cpp
+
 const std::string_view kBenchHelp =
     "usage: quantlens-cli bench open MODEL [--repeat N] [--list]\n"
     "       quantlens-cli bench stats MODEL [--max-tensors N]\n"
     "       quantlens-cli bench quant [MODEL] [options]   (see: bench quant --help)\n"
+    "       quantlens-cli bench forward MODEL [options]   (see: bench forward --help)\n"
     "       quantlens-cli bench hessian [options]         (see: bench hessian --help)\n\n"
     "open   opens MODEL (a .gguf file, a safetensors folder or a llama2.c .bin) reading\n"
     "       headers only, walks its tensor list (--list prints it), and prints the wall time\n"
@@ -41,7 +45,8 @@ const std::string_view kBenchHelp =
     "       weights per second per stored type (decode, statistics, both).\n"
     "quant  round-to-nearest quantization throughput per format.\n"
     "hessian  GPU calibration statistics: XᵀX TFLOP/s and the statistics pass in GB/s\n"
-    "       (see: bench hessian --help).\n";
+    "       (see: bench hessian --help).\n"
+    "forward  tokens/s, TFLOP/s and peak memory of whole forward passes (GPU when present).\n";
 
 namespace {
 
@@ -255,7 +260,9 @@ int runBench(Args args)
     if (which == "stats") return benchStats(args.subspan(1));
     if (which == "quant") return runArgvCommand(runBenchQuant, args);
     if (which == "hessian") return runBenchHessian(args.subspan(1));
-    return usageError("no benchmark '" + which + "' (open, stats, quant, hessian)", "bench");
+    if (which == "forward") return runBenchForward(args.subspan(1));
+    return usageError("no benchmark '" + which + "' (open, stats, quant, forward, hessian)",
+                      "bench");
 }
 
 }  // namespace qlcli

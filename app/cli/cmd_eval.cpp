@@ -1,5 +1,6 @@
 // quantlens-cli eval: perplexity (llama.cpp protocol or per document) and, with --layout, the KL
-// divergence of the quantized model from the original, computed in the same pass.
+// divergence of the quantized model from the original, computed in the same pass. Both models run
+// as ModelRunners on the device --device picks (the GPU by default when there is one).
 #include <cstdio>
 #include <iostream>
 
@@ -7,8 +8,11 @@
 
 #include "calib/calibrate.h"
 #include "cli_common.h"
+#include "cli_device.h"
 #include "io/model_loader.h"
 #include "layout/layout.h"
+#include "model/llama_runner.h"
+#include "quant/gptq_sequential.h"
 #include "quant/quantize_model.h"
 #include "session/session.h"
 
@@ -28,9 +32,80 @@ options:
   --documents N       at most N documents with --per-document
   --layout SPEC       quantize with these rules (or @FILE) and also report the KL divergence
                       against the unquantized model: mean, median, p99, same-top, mean delta-p
-  --session S.h5      calibration session (importance weights for the layout's formats)
+  --session S.h5      calibration session (importance weights for the layout's formats, and
+                      the Hessians for gptq rules, e.g. "*=int4:g128:gptq")
+  --calib-text FILE   calibrate on the fly instead (repeatable): true-sequential GPTQ, block by
+                      block on the model as it is quantized; each gptq tensor's loss against
+                      rtn's goes to stderr
+  --samples N         calibration windows for --calib-text (default 128)
+  --seqlen L          tokens per calibration window (default 512)
+  --seed S            seed of the calibration window offsets (default 0)
   --json              print one JSON object: ppl, tokens, ... and kld_mean, kld_p99, same_top
+  --device D          cpu, cuda or auto (default: cuda when a GPU is present, else cpu)
+  --precision P       f32 (default) or bf16 (GPU only: bf16 weights and activations, float32
+                      accumulation). On a GPU, f32 matches the CPU's figures to float rounding
+                      (float32 GEMMs, no TF32).
 )";
+
+namespace {
+
+// Prints each GPTQ tensor's loss against rtn's, and every raise of its dampening, to stderr.
+class GptqLog final : public ql::TensorObserver {
+public:
+    explicit GptqLog(ProgressLine& progress) : m_progress(progress) {}
+    void tensorDone(const ql::TensorReport& t) override
+    {
+        if (!t.gptq) return;
+        m_progress.finish();
+        for (const auto& raise : t.gptq->dampRaises)
+            std::fprintf(stderr, "gptq: %s: %s\n", t.plan.name.c_str(), raise.c_str());
+        std::fprintf(stderr, "gptq: %s\n", ql::gptqSummary(t).c_str());
+    }
+
+private:
+    ProgressLine& m_progress;
+};
+
+// "" when every gptq tensor of the layout can get its Hessian (from the session, or from on-the-fly
+// calibration), else the error to show.
+std::string checkGptqInput(const ql::Model& model, const ql::Layout& layout,
+                           const ql::CalibrationResult* calib, bool calibratesOnTheFly)
+{
+    if (calibratesOnTheFly) return {};
+    auto plan = layout.resolve(model);
+    if (!plan) return plan.error().message;
+    if (auto ok = ql::checkGptqCalibration(model, *plan, calib); !ok)
+        return ok.error().message + (calib ? "" : " (give --session S.h5 or --calib-text FILE)");
+    return {};
+}
+
+// True-sequential quantization with calibration windows from `texts`: the canonical layout and
+// the quantized model, ready to run.
+ql::Result<std::pair<std::string, ql::LlamaModel>> quantizeSequential(
+    const ql::Model& model, const ql::Tokenizer& tokenizer, const ql::Layout& layout,
+    const std::vector<std::string>& texts, ql::WindowOptions windowOptions,
+    const ql::QuantizeOptions& options, ProgressLine& progress)
+{
+    std::vector<std::string> contents;
+    for (const auto& f : texts) {
+        auto t = ql::readTextFile(f);
+        if (!t) return t.error();
+        contents.push_back(std::move(t).value());
+    }
+    windowOptions.addBos = tokenizer.addBosByDefault();
+    auto windows = ql::makeCalibrationWindows(tokenizer, contents, windowOptions);
+    if (!windows) return windows.error();
+    auto llama = ql::LlamaModel::create(model, {}, progress.part(0.05, 0.07));
+    if (!llama) return llama.error();
+    auto q = ql::quantizeModelSequential(model, *llama, *windows, layout, progress.part(0.07, 0.25),
+                                         options);
+    if (!q) return q.error();
+    for (const auto& f : q->model.plan.fallbacks)
+        std::fprintf(stderr, "fallback: %s\n", f.tensor.c_str());
+    return std::pair<std::string, ql::LlamaModel>(q->model.layout, std::move(llama).value());
+}
+
+}  // namespace
 
 int runEval(Args args)
 {
@@ -38,8 +113,12 @@ int runEval(Args args)
     std::string modelPath, textPath, layoutArg, sessionPath, separator = "<|endoftext|>";
     std::int64_t ctx = 512, chunks = 0, documents = 0;
     bool json = false, perDocument = false;
+    std::vector<std::string> calibTexts;
+    ql::WindowOptions calibWindows;
+    DeviceOptions device;
     while (p.next()) {
-        if (!p.isOption()) {
+        if (parseDeviceOption(p, device)) {
+        } else if (!p.isOption()) {
             if (modelPath.empty())
                 modelPath = p.current();
             else
@@ -60,6 +139,16 @@ int runEval(Args args)
             if (auto v = p.value()) layoutArg = *v;
         } else if (p.is("--session")) {
             if (auto v = p.value()) sessionPath = *v;
+        } else if (p.is("--calib-text")) {
+            if (auto v = p.value()) calibTexts.push_back(*v);
+        } else if (p.is("--samples")) {
+            if (auto v = p.integer(1, 1 << 20))
+                calibWindows.samples = static_cast<std::int32_t>(*v);
+        } else if (p.is("--seqlen")) {
+            if (auto v = p.integer(2, 1 << 20)) calibWindows.seqLen = static_cast<std::int32_t>(*v);
+        } else if (p.is("--seed")) {
+            if (auto v = p.integer(0, INT64_MAX))
+                calibWindows.seed = static_cast<std::uint64_t>(*v);
         } else if (p.is("--json")) {
             json = true;
         } else {
@@ -69,6 +158,10 @@ int runEval(Args args)
     if (p.failed()) return usageError(p.errorMessage(), "eval");
     if (modelPath.empty()) return usageError("eval needs a MODEL", "eval");
     if (textPath.empty()) return usageError("eval needs --text FILE", "eval");
+    if (!calibTexts.empty() && layoutArg.empty())
+        return usageError("--calib-text calibrates a --layout; none was given", "eval");
+    if (!calibTexts.empty() && !sessionPath.empty())
+        return usageError("give --session or --calib-text, not both", "eval");
     installInterruptHandler();
 
     auto model = ql::openModel(modelPath);
@@ -108,28 +201,53 @@ int runEval(Args args)
         }
         const ql::CalibrationResult* calib =
             session && session->calibration ? &*session->calibration : nullptr;
-        auto qm = ql::quantizeModel(*model, *layout, calib, progress.part(0.05, 0.2));
-        if (!qm) return fail(qm.error().message);
-        layoutText = qm->layout;
-        for (const auto& f : qm->plan.fallbacks)
-            std::fprintf(stderr, "fallback: %s\n", f.tensor.c_str());
-        ql::LlamaLoadOptions options;
-        const ql::QuantizedModel& q = *qm;
-        options.override =
-            [&q](const ql::TensorInfo& t) -> ql::Result<std::optional<std::vector<float>>> {
-            if (!q.find(t.name)) return std::optional<std::vector<float>>();
-            auto w = ql::dequantizedWeights(q, t.name);
-            if (!w) return w.error();
-            return std::optional<std::vector<float>>(std::move(w).value());
-        };
-        auto lm = ql::LlamaModel::create(*model, options, progress.part(0.2, 0.25));
-        if (!lm) return fail(lm.error().message);
-        quantized.emplace(std::move(lm).value());
+        if (auto gptq = checkGptqInput(*model, *layout, calib, !calibTexts.empty()); !gptq.empty())
+            return fail(gptq);
+        ql::QuantizeOptions quantizeOptions;
+        GptqLog gptqLog(progress);
+        quantizeOptions.observer = &gptqLog;
+        if (!calibTexts.empty()) {
+            auto sequential = quantizeSequential(*model, **tokenizer, *layout, calibTexts,
+                                                 calibWindows, quantizeOptions, progress);
+            if (!sequential) return fail(sequential.error().message);
+            layoutText = sequential->first;
+            quantized.emplace(std::move(sequential->second));
+        } else {
+            auto qm = ql::quantizeModel(*model, *layout, calib, progress.part(0.05, 0.2),
+                                        quantizeOptions);
+            if (!qm) return fail(qm.error().message);
+            layoutText = qm->layout;
+            for (const auto& f : qm->plan.fallbacks)
+                std::fprintf(stderr, "fallback: %s\n", f.tensor.c_str());
+            ql::LlamaLoadOptions options;
+            const ql::QuantizedModel& q = *qm;
+            options.override =
+                [&q](const ql::TensorInfo& t) -> ql::Result<std::optional<std::vector<float>>> {
+                if (!q.find(t.name)) return std::optional<std::vector<float>>();
+                auto w = ql::dequantizedWeights(q, t.name);
+                if (!w) return w.error();
+                return std::optional<std::vector<float>>(std::move(w).value());
+            };
+            auto lm = ql::LlamaModel::create(*model, options, progress.part(0.2, 0.25));
+            if (!lm) return fail(lm.error().message);
+            quantized.emplace(std::move(lm).value());
+        }
     }
 
-    ql::LlamaLogitsSource refSource(*reference);
-    std::optional<ql::LlamaLogitsSource> quantSource;
-    if (quantized) quantSource.emplace(*quantized);
+    auto backend = openBackend(device);
+    if (!backend) return fail(backend.error().message);
+    auto refRunner = ql::createLlamaRunner(**backend, *reference, device.precision);
+    if (!refRunner) return fail(refRunner.error().message);
+    std::unique_ptr<ql::ModelRunner> quantRunner;
+    if (quantized) {
+        auto r = ql::createLlamaRunner(**backend, *quantized, device.precision);
+        if (!r) return fail(r.error().message);
+        quantRunner = std::move(r).value();
+    }
+    const std::string deviceText = describeRunner(**refRunner);
+    ql::RunnerLogitsSource refSource(**refRunner);
+    std::optional<ql::RunnerLogitsSource> quantSource;
+    if (quantRunner) quantSource.emplace(*quantRunner);
     const bool tty = progress.enabled();
     auto last = std::chrono::steady_clock::now();
     const auto start = last;
@@ -151,6 +269,8 @@ int runEval(Args args)
         j["model"] = modelPath;
         j["text"] = textPath;
         j["protocol"] = perDocument ? "per-document" : "llama.cpp";
+        j["device"] = (*refRunner)->device().name;
+        j["precision"] = ql::precisionName(device.precision);
         j["ctx"] = ctx;
         j["ppl"] = r->ppl;
         j["ppl_stderr"] = r->pplStdError;
@@ -177,6 +297,7 @@ int runEval(Args args)
     std::printf("text        %s (%s, ctx %lld, %lld windows)\n", textPath.c_str(),
                 perDocument ? "per document" : "llama.cpp protocol", (long long)ctx,
                 (long long)r->windows);
+    std::printf("device      %s\n", deviceText.c_str());
     if (r->kl) {
         std::printf("layout      %s\n", layoutText.c_str());
         std::printf("PPL         %.4f +/- %.4f (unquantized %.4f)\n", r->ppl, r->pplStdError,

@@ -2,6 +2,10 @@
 // core, the CUDA one in kernels/. createBackend() (compute/factory.cpp, target ql_backend) is the
 // only place that knows whether CUDA was built. Later issues add the forward-pass, statistics and
 // GPTQ ops here; every op has a CPU reference that the CUDA one is tested against.
+//
+// A backend also makes model runners (compute/runner.h): createRunner() uploads a model's weights
+// to the backend's device. The CPU backend has none of its own: the CPU runner wraps a
+// LlamaModel (model/llama_runner.h, createLlamaRunner picks the one to use).
 #pragma once
 
 #include <cstdint>
@@ -12,6 +16,10 @@
 #include "util/result.h"
 
 namespace ql {
+
+struct LlamaWeightsView;
+class ModelRunner;
+enum class Precision;
 
 struct DeviceInfo {
     std::string name;  // "CPU (2 threads)", "NVIDIA H100 80GB HBM3"
@@ -25,6 +33,10 @@ class Backend {
 public:
     virtual ~Backend() = default;
     virtual DeviceInfo device() const = 0;
+    // A runner holding `weights` on this backend's device (the view is read during the call
+    // only). Unsupported where the backend has no runner of its own (the CPU).
+    virtual Result<std::unique_ptr<ModelRunner>> createRunner(const LlamaWeightsView& weights,
+                                                              Precision precision) = 0;
 };
 
 enum class BackendKind { Auto, Cpu, Cuda };

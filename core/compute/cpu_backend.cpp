@@ -1,6 +1,7 @@
 #include <thread>
 
 #include "compute/backend.h"
+#include "compute/runner.h"
 
 namespace ql {
 namespace {
@@ -13,6 +14,12 @@ public:
         unsigned threads = std::thread::hardware_concurrency();
         info.name = "CPU (" + std::to_string(threads ? threads : 1) + " threads)";
         return info;
+    }
+    Result<std::unique_ptr<ModelRunner>> createRunner(const LlamaWeightsView&, Precision) override
+    {
+        return makeError(ErrorCode::Unsupported,
+                         "the CPU runs models through LlamaModel (createLlamaRunner), not from a "
+                         "weights view");
     }
 };
 

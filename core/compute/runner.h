@@ -14,8 +14,10 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "calib/activation_stats.h"
@@ -30,6 +32,8 @@ enum class Precision {
     BFloat16,  // bf16 weights and activations, float32 accumulation and norms: the fast path
 };
 const char* precisionName(Precision p);  // "f32", "bf16"
+// "f32" or "bf16" (also "float32", "bfloat16"); nullopt otherwise.
+std::optional<Precision> parsePrecision(std::string_view name);
 
 struct LlamaShape {
     std::int64_t blocks = 0, dim = 0, ffnDim = 0, heads = 0, kvHeads = 0, headDim = 0, vocab = 0;
@@ -67,11 +71,13 @@ public:
     virtual ~ModelRunner() = default;
     virtual DeviceInfo device() const = 0;
     virtual Precision precision() const = 0;
+    virtual const LlamaShape& shape() const = 0;
 
     // Causal forward of `batch` sequences of tokens.size() / batch tokens each (row-major), at
     // positions 0..T-1. Every position's logits go to onLogits in order (sequence, position);
     // with an empty onLogits the head still runs but nothing is copied back (benchmarks).
     // While statistics are enabled, sequence i counts as calibration sample firstSample + i.
+    // Returns when the work is done; a runner is driven by one thread at a time.
     virtual Status forward(std::span<const std::int32_t> tokens, std::int64_t batch,
                            const LogitsFn& onLogits, const ProgressFn& progress = {},
                            std::int32_t firstSample = 0) = 0;
