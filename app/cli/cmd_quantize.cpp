@@ -2,8 +2,13 @@
 // with layout rules and write a GGUF file, streaming one tensor at a time (core/export).
 //
 // Everything is checked before any work starts (layout syntax, model, session and its match to
-// the model, output folder, the plan for every tensor, methods that exist), so bad input ends in
-// one line on stderr and exit status 2; a failure while writing exits 1 and leaves no file.
+// the model, output folder, the plan for every tensor, methods that exist, a Hessian for every
+// gptq tensor), so bad input ends in one line on stderr and exit status 2; a failure while
+// writing exits 1 and leaves no file.
+// GPTQ rules take their Hessians from --session, or, with --text, from calibration done on the fly
+// block by block on the model being quantized (true-sequential, quant/gptq_sequential.h): the
+// quantized model is then held in memory and written afterwards. Each GPTQ tensor's loss against
+// rtn's, and every automatic raise of its dampening, go to stderr as the tensor is done.
 // stdout gets the report: a table per tensor, the fallbacks, the tensors written dequantized
 // (formats llama.cpp cannot store), warnings and totals, or all of it as one JSON object (--json).
 // Progress goes to stderr (a rewritten line on a terminal, a line per 10% otherwise).
@@ -23,9 +28,12 @@
 #include <nlohmann/json.hpp>
 
 #include "calib/calibration.h"
+#include "calib/dataset.h"
 #include "export/gguf_writer.h"
 #include "io/model_loader.h"
 #include "layout/layout.h"
+#include "model/llama.h"
+#include "quant/gptq_sequential.h"
 #include "session/session.h"
 
 namespace {
@@ -35,16 +43,22 @@ void printUsage(std::FILE* to)
     std::fprintf(
         to,
         "usage: quantlens-cli quantize MODEL --layout SPEC|@FILE --out OUT.gguf\n"
-        "                              [--session SESSION.h5] [--dequant-dtype f16|f32]\n"
+        "                              [--session SESSION.h5 | --text FILE... [--samples N]\n"
+        "                              [--seqlen L] [--seed S]] [--dequant-dtype f16|f32]\n"
         "                              [--threads N] [--json]\n"
         "Quantizes MODEL (GGUF, safetensors folder, llama2.c .bin) with layout rules and writes\n"
         "a GGUF file.\n"
         "  --layout  rules PATTERN=FORMAT[:option...] separated by ';' (later rules win),\n"
         "            e.g. \"*=q4_k; output.weight=q6_k; blk.0.*=q8_0\" or \"*=int4:g128:asym\";\n"
+        "            the method gptq (\"*=int4:g128:gptq\", options damp=F block=N actorder\n"
+        "            static) needs Hessians: --session, or --text\n"
         "            @FILE reads them from a file (one or more per line, '#' comments).\n"
         "            Norms and 1-D tensors stay F32 unless a rule names them exactly.\n"
-        "  --session calibration session: importance weights for the llama.cpp formats and\n"
-        "            the Hessian-weighted output error per tensor\n"
+        "  --session calibration session: importance weights for the llama.cpp formats, the\n"
+        "            Hessian-weighted output error per tensor, and the Hessians for gptq\n"
+        "  --text    calibration text (repeatable): calibrate on the fly, block by block on the\n"
+        "            model as it is quantized (true-sequential GPTQ); --samples windows (default\n"
+        "            128) of --seqlen tokens (default 512) at offsets seeded by --seed (0)\n"
         "  --dequant-dtype  how formats llama.cpp cannot store (nf4, fp4, fp8, int-n) are\n"
         "            written: their decoded values as f16 (default) or f32\n"
         "  --json    the report as JSON on stdout\n"
@@ -73,7 +87,10 @@ std::string humanBytes(double b)
 std::string shapeText(const std::vector<std::int64_t>& shape)
 {
     std::string s;
-    for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? "x" : "") + std::to_string(shape[i]);
+    for (std::size_t i = 0; i < shape.size(); ++i) {
+        if (i) s += 'x';
+        s += std::to_string(shape[i]);
+    }
     return s;
 }
 
@@ -130,6 +147,23 @@ private:
     std::string m_what;
 };
 
+// Prints each GPTQ tensor's loss against rtn's, and every raise of its dampening, to stderr.
+class GptqLog final : public ql::TensorObserver {
+public:
+    explicit GptqLog(StderrProgress& progress) : m_progress(progress) {}
+    void tensorDone(const ql::TensorReport& t) override
+    {
+        if (!t.gptq) return;
+        m_progress.finish();
+        for (const auto& raise : t.gptq->dampRaises)
+            std::fprintf(stderr, "gptq: %s: %s\n", t.plan.name.c_str(), raise.c_str());
+        std::fprintf(stderr, "gptq: %s\n", ql::gptqSummary(t).c_str());
+    }
+
+private:
+    StderrProgress& m_progress;
+};
+
 }  // namespace
 
 int runQuantize(int argc, char** argv)
@@ -137,6 +171,8 @@ int runQuantize(int argc, char** argv)
     std::string modelPath, layoutArg, outPath, sessionPath, dequant = "f16";
     bool json = false, haveLayout = false;
     int threads = 0;
+    std::vector<std::string> textFiles;
+    ql::WindowOptions windowOptions;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         auto value = [&](const char* what, std::string& into) {
@@ -158,6 +194,22 @@ int runQuantize(int argc, char** argv)
         } else if (a == "--dequant-dtype") {
             if (!value("--dequant-dtype", dequant))
                 return badInput("--dequant-dtype needs a value");
+        } else if (a == "--text") {
+            std::string v;
+            if (!value("--text", v)) return badInput("--text needs a value");
+            textFiles.push_back(v);
+        } else if (a == "--samples" || a == "--seqlen" || a == "--seed") {
+            std::string v;
+            if (!value(a.c_str(), v)) return badInput(a + " needs a value");
+            char* end = nullptr;
+            const long long n = std::strtoll(v.c_str(), &end, 10);
+            const long long least = a == "--seed" ? 0 : (a == "--seqlen" ? 2 : 1);
+            if (v.empty() || *end || n < least || n > (1LL << 30))
+                return badInput(a + " needs a whole number >= " + std::to_string(least) +
+                                ", not '" + v + "'");
+            if (a == "--samples") windowOptions.samples = std::int32_t(n);
+            if (a == "--seqlen") windowOptions.seqLen = std::int32_t(n);
+            if (a == "--seed") windowOptions.seed = std::uint64_t(n);
         } else if (a == "--threads") {
             std::string v;
             if (!value("--threads", v)) return badInput("--threads needs a value");
@@ -180,6 +232,8 @@ int runQuantize(int argc, char** argv)
     if (outPath.empty()) return badInput("no --out OUT.gguf given");
     if (dequant != "f16" && dequant != "f32")
         return badInput("--dequant-dtype must be f16 or f32, not '" + dequant + "'");
+    if (!sessionPath.empty() && !textFiles.empty())
+        return badInput("give --session or --text, not both");
 
     auto layout = ql::Layout::fromArgument(layoutArg);
     if (!layout) return badInput(layout.error().message);
@@ -212,24 +266,79 @@ int runQuantize(int argc, char** argv)
     if (!plan) return badInput(plan.error().message);
     if (auto ok = ql::checkMethodsAvailable(*layout, *plan); !ok)
         return badInput(ok.error().message);
+    if (textFiles.empty()) {
+        if (auto ok =
+                ql::checkGptqCalibration(*model, *plan, session ? &*session->calibration : nullptr);
+            !ok)
+            return badInput(ok.error().message +
+                            (session ? "" : " (give --session SESSION.h5 or --text FILE)"));
+    }
+
+    // On-the-fly calibration: windows and the model's forward pass, ready before any work.
+    std::vector<ql::TokenWindow> windows;
+    std::optional<ql::LlamaModel> llama;
+    if (!textFiles.empty()) {
+        auto tokenizer = ql::Tokenizer::create(*model);
+        if (!tokenizer) return badInput(tokenizer.error().message);
+        std::vector<std::string> texts;
+        for (const auto& f : textFiles) {
+            auto t = ql::readTextFile(f);
+            if (!t) return badInput(t.error().message);
+            texts.push_back(std::move(t).value());
+        }
+        windowOptions.addBos = (*tokenizer)->addBosByDefault();
+        auto w = ql::makeCalibrationWindows(**tokenizer, texts, windowOptions);
+        if (!w) return badInput(w.error().message);
+        windows = std::move(w).value();
+        auto lm = ql::LlamaModel::create(*model);
+        if (!lm) return badInput(lm.error().message);
+        llama.emplace(std::move(lm).value());
+    }
 
     ql::GgufExportOptions options;
     options.dequantType = dequant == "f32" ? ql::TensorType::F32 : ql::TensorType::F16;
     options.quantize.threads = threads;
     options.producer = std::string("quantlens-cli ") + QL_VERSION;
     if (session) options.calibrationPath = fs::path(sessionPath).filename().string();
+    if (!textFiles.empty()) {
+        options.calibrationPath = "true-sequential on";
+        for (const auto& f : textFiles)
+            options.calibrationPath += " " + fs::path(f).filename().string();
+        options.calibrationPath += " (" + std::to_string(windows.size()) + " x " +
+                                   std::to_string(windowOptions.seqLen) + " tokens, seed " +
+                                   std::to_string(windowOptions.seed) + ")";
+    }
 
     StderrProgress progress;
-    auto report =
-        ql::exportGguf(*model, *layout, outPath, session ? &*session->calibration : nullptr,
-                       options, [&](double f, std::string_view what) { return progress(f, what); });
+    GptqLog gptqLog(progress);
+    options.quantize.observer = &gptqLog;
+    auto onProgress = [&](double f, std::string_view what) { return progress(f, what); };
+    ql::Result<ql::GgufWriteReport> report = ql::Error{};
+    if (llama) {
+        auto seq = ql::quantizeModelSequential(
+            *model, *llama, windows, *layout,
+            [&](double f, std::string_view what) { return progress(0.9 * f, what); },
+            options.quantize);
+        if (!seq) {
+            progress.finish();
+            std::fprintf(stderr, "quantize: %s\n", seq.error().message.c_str());
+            return seq.error().code == ql::ErrorCode::InvalidArgument ? 2 : 1;
+        }
+        report = ql::writeGguf(
+            *model, seq->model, outPath, options,
+            [&](double f, std::string_view what) { return progress(0.9 + 0.1 * f, what); });
+        if (report) report->seconds += seq->model.seconds;
+    } else {
+        report = ql::exportGguf(*model, *layout, outPath,
+                                session ? &*session->calibration : nullptr, options, onProgress);
+    }
     progress.finish();
     if (!report) {
         std::fprintf(stderr, "quantize: %s\n", report.error().message.c_str());
         return report.error().code == ql::ErrorCode::InvalidArgument ? 2 : 1;
     }
     const ql::GgufWriteReport& r = *report;
-    const bool hessian = session.has_value();
+    const bool hessian = session.has_value() || !textFiles.empty();
     std::uint64_t sourceBytes = 0;
     for (const auto& t : model->tensors) sourceBytes += t.bytes;
     const double weights = double(std::max<std::int64_t>(1, r.weights));
@@ -241,6 +350,12 @@ int runQuantize(int argc, char** argv)
         j["out"] = outPath;
         if (session) j["session"] = sessionPath;
         j["dequant_dtype"] = dequant;
+        if (!textFiles.empty()) {
+            j["text"] = textFiles;
+            j["samples"] = windowOptions.samples;
+            j["seqlen"] = windowOptions.seqLen;
+            j["seed"] = windowOptions.seed;
+        }
         auto& ts = j["tensors"] = nlohmann::json::array();
         for (const auto& t : r.tensors) {
             const auto& p = t.report.plan;
@@ -266,6 +381,17 @@ int runQuantize(int argc, char** argv)
             if (!t.report.probe.empty()) e["probe"] = t.report.probe;
             e["importance"] = t.report.usedImportance;
             if (!t.report.note.empty()) e["note"] = t.report.note;
+            if (const auto& g = t.report.gptq) {
+                e["gptq"] = {{"options", ql::gptqOptionsText(g->options)},
+                             {"loss", g->loss},
+                             {"rtn_loss", g->rtnLoss},
+                             {"rtn_hessian_error", g->rtnError.weighted},
+                             {"rtn_hessian_error_relative", g->rtnError.relative},
+                             {"damp", g->damp},
+                             {"damp_raises", g->dampRaises},
+                             {"dead_columns", g->deadColumns},
+                             {"seconds", g->seconds}};
+            }
             e["seconds"] = t.report.seconds;
             ts.push_back(std::move(e));
         }
@@ -306,6 +432,12 @@ int runQuantize(int argc, char** argv)
             ++dequantized;
         }
         if (t.report.copied) note += ", copied";
+        if (t.report.gptq)
+            note += ", gptq (loss " +
+                    number("%.0f%%", t.report.gptq->rtnLoss > 0
+                                         ? 100.0 * t.report.gptq->loss / t.report.gptq->rtnLoss
+                                         : 100.0) +
+                    " of rtn's)";
         std::printf("%-*s  %-9s  %-16s %-6s %6.2f  %10s  %8s  %9s", int(nameWidth), p.name.c_str(),
                     shapeText(p.shape).c_str(), ql::formatToString(p.format).c_str(),
                     std::string(ql::tensorTypeName(t.storedType)).c_str(),

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <limits>
 
+#include "util/serial_threads.h"
+
 namespace ql {
 
 std::uint64_t SymmetricHistogram::total() const
@@ -101,6 +103,7 @@ void ActivationStats::add(std::span<const float> x, std::int64_t tokens, std::in
         }
     }
     if (m_hessianPrecision != HessianPrecision::None && tokens > 0) {
+        const SerialThreads serial(double(tokens) * c * c < kSerialMacs);
         using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
         Eigen::Map<const RowMat> X(x.data(), tokens, c);
         if (m_hessianPrecision == HessianPrecision::Float32) {

@@ -1,7 +1,8 @@
 // Layout rule parser and resolver. The spec is cut into rules by lines, '#' comments and ';',
 // keeping the line and column where every rule and every ':' token starts, so an error can point
 // at the token at fault. The right-hand side of a rule is split into method tokens (rtn, gptq,
-// awq, method=..., key=value) and format tokens; the format tokens go to parseQuantFormat, and when
+// awq, method=..., key=value, and the bare flags actorder / static, stored as flag=true) and
+// format tokens; the format tokens go to parseQuantFormat, and when
 // it refuses them the culprit is found by parsing ever longer prefixes (format options are
 // independent, so the first prefix that fails ends with the bad token). Resolution walks the
 // rules backwards per tensor, so the last match wins without building any index.
@@ -67,6 +68,12 @@ std::vector<Piece> split(std::string_view s, char sep, int line, int column)
         start = at + 1;
     }
     return out;
+}
+
+// Method options that may be written without a value (GPTQ's act-order and static groups).
+bool isMethodFlag(std::string_view word)
+{
+    return word == "actorder" || word == "act_order" || word == "static";
 }
 
 bool parseMethodName(std::string_view name, QuantMethod& out)
@@ -349,6 +356,14 @@ Result<Layout> Layout::parseText(std::string_view spec, const std::string& file)
                                 "second method '" + methodName + "' (a rule has one method)");
                 methodSeen = true;
                 parseMethodName(methodName, rule.method);
+                continue;
+            }
+            if (tokEq == std::string::npos && isMethodFlag(word)) {
+                if (firstOption.empty()) {
+                    firstOption = tok.text;
+                    firstOptionColumn = tok.column;
+                }
+                rule.methodOptions.emplace_back(word, "true");
                 continue;
             }
             if (tokEq != std::string::npos) {

@@ -11,9 +11,11 @@
 //             bf16, int2..int8[:sym|:asym][:tensor|:channel|:gN], nf4[:gN][:dq], mxfp4, nvfp4,
 //             fp8_e4m3 | fp8_e5m2 [:tensor|:channel], q8_0 q4_0 q4_1 q5_0 q5_1 q2_k .. q6_k
 //   option  = the method, "rtn" (default) | "gptq" | "awq" (or "method=NAME"), and for gptq/awq
-//             method parameters "key=value" (stored in order; checked when the method runs)
+//             method parameters "key=value" (stored in order; checked when the method runs) or
+//             the bare flags "actorder" and "static" (stored as "actorder=true"). gptq takes
+//             damp=F, block=N, actorder, static (quant/gptq.h)
 //
-//   "*=q4_k; output.weight=q6_k; blk.0.*=q8_0"     "*=int4:g128:asym:gptq:damp=0.01"
+//   "*=q4_k; output.weight=q6_k; blk.0.*=q8_0"     "*=int4:g128:asym:gptq:damp=0.01:actorder"
 //
 // The last rule matching a tensor decides it. Norms and other 1-D tensors stay F32 unless a rule
 // names them exactly (its pattern has no wildcard and equals the name). A 2-D tensor no rule

@@ -9,6 +9,8 @@
 
 #include <Eigen/Dense>
 
+#include "util/serial_threads.h"
+
 namespace ql {
 
 Result<ErrorMetrics> computeErrorMetrics(std::span<const float> reference,
@@ -75,6 +77,7 @@ Result<OutputError> hessianWeightedError(std::span<const float> w, std::span<con
     OutputError out;
     const std::int64_t block = 64;
     RowMatrix d, x;
+    const SerialThreads serial(double(block) * double(cols) * double(cols) < kSerialMacs);
     for (std::int64_t r0 = 0; r0 < rows; r0 += block) {
         const std::int64_t n = std::min(block, rows - r0);
         d.resize(n, cols);

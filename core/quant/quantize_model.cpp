@@ -1,14 +1,16 @@
 // Whole-model quantization. Tensors are done one after another, each on all cores (quantizeRtn
-// splits rows over threads), which keeps memory at one tensor's float copy plus its encoding and
-// makes progress and cancellation simple: the overall fraction is weights done / all weights.
-// The per-tensor work is a free function so the GGUF writer can stream through it without ever
-// holding the whole quantized model.
+// splits rows over threads; GPTQ's matrix products run on Eigen's threads), which keeps memory at
+// one tensor's float copy plus its encoding and makes progress and cancellation simple: the overall
+// fraction is weights done / all weights. The per-tensor work is a free function so the GGUF writer
+// can stream through it without ever holding the whole quantized model.
 #include "quant/quantize_model.h"
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 
 #include "quant/ggml_dequant.h"
+#include "quant/gptq.h"
 #include "quant/rtn.h"
 
 namespace ql {
@@ -32,12 +34,94 @@ Status checkMethodsAvailable(const Layout& layout, const LayoutPlan& plan)
 {
     for (const TensorPlan& p : plan.tensors) {
         if (p.method == QuantMethod::Rtn) continue;
+        if (p.method == QuantMethod::Gptq) {
+            if (auto o = parseGptqOptions(p.methodOptions); !o)
+                return makeError(ErrorCode::InvalidArgument,
+                                 describeRule(layout, p.rule) + ": " + o.error().message);
+            continue;
+        }
         return makeError(ErrorCode::Unsupported,
                          describeRule(layout, p.rule) + " asks for " + quantMethodName(p.method) +
                              " (first on " + p.name +
-                             "), which is not implemented yet; only rtn quantizes for now");
+                             "), which is not implemented yet; rtn and gptq quantize for now");
     }
     return {};
+}
+
+bool runsGptq(const Model& model, const TensorPlan& plan)
+{
+    if (plan.method != QuantMethod::Gptq || plan.format.kind == QuantKind::Float) return false;
+    const TensorInfo* info = model.find(plan.name);
+    if (!info || inputProbeName(*info).empty()) return false;
+    // A llama.cpp tensor kept in its own type is copied, not re-encoded.
+    return !(plan.format.kind == QuantKind::Ggml && plan.format.type == info->type);
+}
+
+namespace {
+
+// Why `calibration` cannot give GPTQ the Hessian of `probe` for a tensor of `cols` columns, or
+// "" when it can.
+std::string missingHessian(const CalibrationResult* calibration, const std::string& probe,
+                           std::int64_t cols)
+{
+    if (!calibration)
+        return "gptq needs the Hessian of its input " + probe + ", and no calibration was given";
+    const ProbeStats* p = calibration->find(probe);
+    if (!p) return "gptq needs the Hessian of its input " + probe + ", which the calibration lacks";
+    if (p->stats.channels() != cols)
+        return "gptq needs the Hessian of its input " + probe + ": the calibration's has " +
+               std::to_string(p->stats.channels()) + " channels, the tensor " +
+               std::to_string(cols) + " columns";
+    if (p->stats.hessianPrecision() == HessianPrecision::None)
+        return "gptq needs the Hessian of its input " + probe +
+               ", and the calibration holds none (it was made with --hessian none; calibrate "
+               "again with --hessian f32 or f64)";
+    return {};
+}
+
+}  // namespace
+
+Status checkGptqCalibration(const Model& model, const LayoutPlan& plan,
+                            const CalibrationResult* calibration)
+{
+    for (const TensorPlan& p : plan.tensors) {
+        if (!runsGptq(model, p)) continue;
+        const std::string why =
+            missingHessian(calibration, inputProbeName(*model.find(p.name)), p.cols);
+        if (!why.empty()) return makeError(ErrorCode::InvalidArgument, p.name + ": " + why);
+    }
+    return {};
+}
+
+std::string gptqSummary(const TensorReport& report)
+{
+    if (!report.gptq) return {};
+    const GptqReport& g = *report.gptq;
+    auto sci = [](double v) {
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%.3e", v);
+        return std::string(buf);
+    };
+    std::string s = report.plan.name + " " + formatToString(report.plan.format) + ": loss " +
+                    sci(g.loss) + " vs rtn " + sci(g.rtnLoss);
+    if (g.rtnLoss > 0) {
+        char buf[32];
+        std::snprintf(buf, sizeof buf, " (%+.1f%%)", 100.0 * (g.loss / g.rtnLoss - 1.0));
+        s += buf;
+    }
+    if (report.outputError)
+        s += ", output error " + sci(report.outputError->relative) + " vs rtn " +
+             sci(g.rtnError.relative) + " (relative)";
+    char damp[80];
+    std::snprintf(damp, sizeof damp, ", damp %.3g", g.damp);
+    s += damp;
+    if (!g.dampRaises.empty()) {
+        std::snprintf(damp, sizeof damp, " (raised %zu time%s from %.3g)", g.dampRaises.size(),
+                      g.dampRaises.size() == 1 ? "" : "s", g.options.damp);
+        s += damp;
+    }
+    if (g.deadColumns > 0) s += ", " + std::to_string(g.deadColumns) + " dead columns";
+    return s;
 }
 
 const TensorQuantization* QuantizedModel::find(std::string_view name) const
@@ -69,9 +153,16 @@ Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& 
     const auto start = std::chrono::steady_clock::now();
     const TensorInfo* info = model.find(plan.name);
     if (!info) return makeError(ErrorCode::InvalidArgument, "the model has no tensor " + plan.name);
-    if (plan.method != QuantMethod::Rtn)
+    if (plan.method != QuantMethod::Rtn && plan.method != QuantMethod::Gptq)
         return makeError(ErrorCode::Unsupported, plan.name + ": " + quantMethodName(plan.method) +
-                                                     " is not implemented yet (only rtn)");
+                                                     " is not implemented yet (rtn, gptq)");
+    GptqOptions gptqOptions;
+    if (plan.method == QuantMethod::Gptq) {
+        auto o = parseGptqOptions(plan.methodOptions);
+        if (!o) return makeError(ErrorCode::InvalidArgument, plan.name + ": " + o.error().message);
+        gptqOptions = *o;
+        gptqOptions.threads = options.threads;
+    }
     if (info->elementCount() != plan.elementCount())
         return makeError(ErrorCode::InvalidArgument,
                          plan.name + ": the plan was made for another shape");
@@ -118,15 +209,46 @@ Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& 
             importance.assign(ms.begin(), ms.end());
             rep.usedImportance = true;
         }
-        auto encoded = quantizeRtn(ref.data(), plan.rows, plan.cols, plan.format,
-                                   importance.empty() ? nullptr : importance.data(), progress,
-                                   options.threads);
-        if (!encoded) {
-            Error e = encoded.error();
-            if (e.code != ErrorCode::Cancelled) e.message = plan.name + ": " + e.message;
-            return e;
+        const float* imp = importance.empty() ? nullptr : importance.data();
+        if (runsGptq(model, plan)) {
+            const std::string why = missingHessian(calibration, rep.probe, plan.cols);
+            if (!why.empty()) return makeError(ErrorCode::InvalidArgument, plan.name + ": " + why);
+            auto g = quantizeGptq(ref.data(), plan.rows, plan.cols, probe->stats.hessian(),
+                                  plan.format, gptqOptions, imp, progress);
+            if (!g) {
+                Error e = g.error();
+                if (e.code != ErrorCode::Cancelled) e.message = plan.name + ": " + e.message;
+                return e;
+            }
+            GptqReport gr;
+            gr.options = gptqOptions;
+            gr.loss = g->loss;
+            gr.rtnLoss = g->rtnLoss;
+            gr.rtnError = g->rtnError;
+            gr.damp = g->damp;
+            gr.dampRaises = g->dampRaises;
+            gr.deadColumns = g->deadColumns;
+            gr.seconds = g->seconds;
+            rep.gptq = std::move(gr);
+            q = std::move(g->quantized);
+        } else {
+            if (plan.method == QuantMethod::Gptq) {
+                const std::string why =
+                    plan.format.kind == QuantKind::Float
+                        ? "gptq does nothing for a float format: converted"
+                        : "no calibration probe feeds this tensor (it is not a linear layer's "
+                          "weight): quantized with rtn";
+                rep.note = rep.note.empty() ? why : rep.note + "; " + why;
+            }
+            auto encoded = quantizeRtn(ref.data(), plan.rows, plan.cols, plan.format, imp, progress,
+                                       options.threads);
+            if (!encoded) {
+                Error e = encoded.error();
+                if (e.code != ErrorCode::Cancelled) e.message = plan.name + ": " + e.message;
+                return e;
+            }
+            q = std::move(encoded).value();
         }
-        q = std::move(encoded).value();
     }
 
     auto approx = q.dequantize();
@@ -142,6 +264,7 @@ Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& 
     }
     rep.storedBits = q.storedBits();
     rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (options.observer) options.observer->tensorDone(rep);
     return out;
 }
 
@@ -153,6 +276,7 @@ Result<QuantizedModel> quantizeModel(const Model& model, const Layout& layout,
     auto plan = layout.resolve(model);
     if (!plan) return plan.error();
     QL_TRY_STATUS(checkMethodsAvailable(layout, *plan));
+    QL_TRY_STATUS(checkGptqCalibration(model, *plan, calibration));
 
     QuantizedModel out;
     out.layout = layout.toString();

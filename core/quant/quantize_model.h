@@ -1,8 +1,15 @@
 // Applying a Layout to a whole model: every tensor is decoded to float, quantized with the format
-// and method its plan names (round-to-nearest for now; gptq and awq rules are refused as not
-// implemented yet before any work starts) and measured against the source: MSE, SQNR, max |error|
-// and, when a calibration session holds a Hessian for the tensor's input, the output error
-// tr(dW H dW^T) (error_metrics.h).
+// and method its plan names (rtn, or gptq with the Hessian of the tensor's input from the
+// calibration, quant/gptq.h; awq rules are refused as not implemented yet before any work starts)
+// and measured against the source: MSE, SQNR, max |error| and, when a calibration session holds a
+// Hessian for the tensor's input, the output error tr(dW H dW^T) (error_metrics.h).
+//
+// GPTQ needs a Hessian: a gptq tensor whose probe the calibration lacks, or whose probe has no
+// Hessian (calibrated with --hessian none), is an error (checkGptqCalibration finds these before
+// any work). Tensors no probe feeds (token_embd, output) are quantized with rtn, with a note;
+// float formats are converted as with rtn. quantizeModel() takes every Hessian from one
+// calibration of the unquantized model; gptq_sequential.h quantizes block by block instead,
+// recomputing each sublayer's inputs with the layers before it already quantized.
 //
 // With a calibration result, a tensor's input probe also supplies importance weights (mean x^2 per
 // input channel) for the llama.cpp formats' scale search. Inputs by tensor:
@@ -26,15 +33,39 @@
 #include "model/model.h"
 #include "quant/error_metrics.h"
 #include "quant/format.h"
+#include "quant/gptq.h"
 #include "util/progress.h"
 #include "util/result.h"
 
 namespace ql {
 
+struct TensorReport;
+
+// Sees each tensor's report as soon as the tensor is done, on the calling thread (e.g. to print
+// GPTQ's loss as it goes).
+class TensorObserver {
+public:
+    virtual ~TensorObserver() = default;
+    virtual void tensorDone(const TensorReport& report) = 0;
+};
+
 struct QuantizeOptions {
     int threads = 0;            // 0 = all cores
     bool useImportance = true;  // importance weights from the calibration, when given
     bool hessianError = true;   // compute tr(dW H dW^T) when the calibration has Hessians
+    TensorObserver* observer = nullptr;
+};
+
+// What GPTQ reported for one tensor (quant/gptq.h's GptqResult without the data).
+struct GptqReport {
+    GptqOptions options;
+    double loss = 0;       // GPTQ's loss, tr(dW H' dW^T) with the damped Hessian H'
+    double rtnLoss = 0;    // the same for rtn in the same format
+    OutputError rtnError;  // rtn's tr(dW H dW^T); GPTQ's is TensorReport::outputError
+    double damp = 0;       // fraction of mean(diag H) finally used
+    std::vector<std::string> dampRaises;
+    std::int64_t deadColumns = 0;
+    double seconds = 0;
 };
 
 // Everything known about one tensor's quantization except its data.
@@ -47,7 +78,8 @@ struct TensorReport {
     bool copied = false;           // stored bytes taken unchanged from the source
     std::uint64_t storedBits = 0;  // the format's size (format.h's accounting)
     double seconds = 0;
-    std::string note;  // e.g. why the calibration could not be used for this tensor
+    std::string note;                // e.g. why the calibration could not be used for this tensor
+    std::optional<GptqReport> gptq;  // when GPTQ quantized the tensor
 };
 
 struct TensorQuantization {
@@ -66,11 +98,24 @@ struct QuantizedModel {
     std::uint64_t storedBits() const;
 };
 
+// One line on a tensor GPTQ quantized, for logs: name, format, GPTQ's loss against rtn's, the
+// output error tr(dW H dW^T) of both relative to tr(W H W^T), the dampening, dampening raises and
+// dead columns. "" when GPTQ did not run.
+std::string gptqSummary(const TensorReport& report);
+
 // The calibration probe feeding a tensor ("blk.3.attn_qkv"), or "" for tensors without one.
 std::string inputProbeName(const TensorInfo& tensor);
 
-// Unsupported when a plan entry asks for a method that is not implemented yet (gptq, awq).
+// Unsupported when a plan entry asks for a method that is not implemented yet (awq);
+// InvalidArgument for gptq options parseGptqOptions refuses (naming the rule).
 Status checkMethodsAvailable(const Layout& layout, const LayoutPlan& plan);
+
+// Whether a plan entry will run GPTQ: method gptq, a quantized format, a tensor some probe feeds.
+bool runsGptq(const Model& model, const TensorPlan& plan);
+// InvalidArgument, before any work, when a tensor that runs GPTQ has no Hessian in
+// `calibration` (null: no calibration at all), naming the tensor, the probe and what to do.
+Status checkGptqCalibration(const Model& model, const LayoutPlan& plan,
+                            const CalibrationResult* calibration);
 
 // One tensor of `model` as `plan` says. `calibration` may be null.
 Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& plan,

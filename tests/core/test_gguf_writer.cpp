@@ -771,9 +771,18 @@ private slots:
         QTest::newRow("missing output folder")
             << QStringList{"{MODEL}", "--layout", "*=q4_0", "--out", "/nonexistent/x.gguf"} << 2
             << "does not exist";
-        QTest::newRow("gptq not yet")
-            << QStringList{"{MODEL}", "--layout", "*=int4:g64:gptq", "--out", "{OUT}"} << 2
+        QTest::newRow("awq not yet")
+            << QStringList{"{MODEL}", "--layout", "*=int4:g64:awq", "--out", "{OUT}"} << 2
             << "not implemented yet";
+        QTest::newRow("gptq without calibration")
+            << QStringList{"{MODEL}", "--layout", "*=int4:g64:gptq", "--out", "{OUT}"} << 2
+            << "gptq needs the Hessian of its input blk.0.attn_qkv";
+        const QString calibText =
+            QString::fromStdString(test::dataPath("text/calibration/tiny.txt"));
+        QTest::newRow("gptq true-sequential")
+            << QStringList{"{MODEL}", "--layout",  "*=q4_0:gptq", "--out",    "{OUT}", "--text",
+                           calibText, "--samples", "4",           "--seqlen", "64"}
+            << 0 << "gptq (loss";
         QTest::newRow("bad dequant dtype")
             << QStringList{"{MODEL}", "--layout",        "*=nf4", "--out",
                            "{OUT}",   "--dequant-dtype", "q8"}

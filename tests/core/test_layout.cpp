@@ -1,7 +1,8 @@
 // Layout rules (issue "Quantization formats, RTN, error metrics", CLI part): parsing and its error
 // messages, glob matching, the last matching rule winning, norms staying F32, llama.cpp-style
-// fallbacks on stories260K (FFN width 172), @FILE layouts with comments, and gptq/awq refused as
-// not implemented yet.
+// fallbacks on stories260K (FFN width 172), @FILE layouts with comments, awq refused as not
+// implemented yet, and gptq (issue #6) accepted with its options checked and its Hessians
+// required before any work.
 #include <QtTest>
 
 #include <cstdio>
@@ -465,12 +466,41 @@ private slots:
         QVERIFY(!Layout::fromArgument("@").ok());
     }
 
+    void gptqAcceptedWithHessiansRequired()
+    {
+        const Model model = syntheticModel();
+        auto layout = Layout::parse("*=q4_0; blk.1.*=int4:g128:gptq:damp=0.02:actorder");
+        QVERIFY(layout.ok());
+        QCOMPARE(QString::fromStdString(layout->toString()),
+                 QString("*=q4_0; blk.1.*=int4:g128:gptq:damp=0.02:actorder=true"));
+        auto plan = layout->resolve(model);
+        QVERIFY(plan.ok());
+        QVERIFY(checkMethodsAvailable(*layout, *plan).ok());
+        // No calibration: refused before touching any tensor data (this model has none), naming
+        // the first tensor and the probe whose Hessian it needs.
+        auto q = quantizeModel(model, *layout);
+        QVERIFY(!q.ok());
+        QVERIFY(q.error().code == ErrorCode::InvalidArgument);
+        QVERIFY2(QString::fromStdString(q.error().message)
+                     .startsWith("blk.1.attn_q.weight: gptq needs the Hessian of its input "
+                                 "blk.1.attn_qkv"),
+                 q.error().message.c_str());
+        // Options are checked with the rule named.
+        auto bad = Layout::parse("*=int4:gptq:damp=-1");
+        QVERIFY(bad.ok());
+        auto badPlan = bad->resolve(model);
+        QVERIFY(badPlan.ok());
+        auto ok = checkMethodsAvailable(*bad, *badPlan);
+        QVERIFY(!ok.ok());
+        QVERIFY2(QString::fromStdString(ok.error().message).contains("rule 1") &&
+                     QString::fromStdString(ok.error().message).contains("damp=-1"),
+                 ok.error().message.c_str());
+    }
+
     void methodsRefusedUntilImplemented_data()
     {
         QTest::addColumn<QString>("spec");
         QTest::addColumn<QString>("method");
-        QTest::newRow("gptq") << "*=q4_0; blk.1.*=int4:g128:gptq:damp=0.01"
-                              << "gptq";
         QTest::newRow("awq") << "*=int4:g64:method=awq"
                              << "awq";
     }

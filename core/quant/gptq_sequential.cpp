@@ -1,0 +1,223 @@
+#include "quant/gptq_sequential.h"
+
+#include <array>
+#include <chrono>
+#include <optional>
+
+#include "calib/calibrate.h"
+
+namespace ql {
+namespace {
+
+// Accumulates the input statistics of one sublayer group of one block.
+class GroupProbe final : public ForwardProbe {
+public:
+    GroupProbe(int block, LinearGroup group) : m_block(block), m_group(group) {}
+
+    void onLinearInput(int block, LinearGroup group,
+                       const Eigen::Ref<const MatrixXfRowMajor>& x) override
+    {
+        if (block != m_block || group != m_group) return;
+        if (!m_stats)
+            m_stats.emplace(static_cast<std::int32_t>(x.cols()), HessianPrecision::Float64, 512, 8);
+        if (x.outerStride() == x.cols()) {
+            m_stats->add(std::span<const float>(x.data(), std::size_t(x.size())), x.rows(),
+                         m_sample);
+        } else {
+            const MatrixXfRowMajor copy = x;
+            m_stats->add(std::span<const float>(copy.data(), std::size_t(copy.size())), copy.rows(),
+                         m_sample);
+        }
+    }
+
+    void setSample(std::int32_t s) { m_sample = s; }
+    std::optional<ActivationStats>& stats() { return m_stats; }
+
+private:
+    int m_block;
+    LinearGroup m_group;
+    std::int32_t m_sample = 0;
+    std::optional<ActivationStats> m_stats;
+};
+
+// Sublayer group of a block tensor, in execution order; 4 for tensors no probe feeds (norms).
+int groupOf(const TensorInfo& t)
+{
+    switch (t.role) {
+        case TensorRole::AttnQ:
+        case TensorRole::AttnK:
+        case TensorRole::AttnV: return 0;
+        case TensorRole::AttnOutput: return 1;
+        case TensorRole::FfnGate:
+        case TensorRole::FfnUp: return 2;
+        case TensorRole::FfnDown: return 3;
+        default: return 4;
+    }
+}
+
+constexpr std::array<LinearGroup, 4> kGroups = {LinearGroup::AttnQkv, LinearGroup::AttnOutput,
+                                                LinearGroup::FfnGateUp, LinearGroup::FfnDown};
+
+// Copied byte for byte by quantizeTensor: nothing to calibrate.
+bool keepsStorage(const TensorPlan& p, const TensorInfo& t)
+{
+    return (p.format.kind == QuantKind::Float || p.format.kind == QuantKind::Ggml) &&
+           p.format.type == t.type;
+}
+
+}  // namespace
+
+Result<SequentialQuantization> quantizeModelSequential(const Model& model, LlamaModel& llama,
+                                                       const std::vector<TokenWindow>& windows,
+                                                       const Layout& layout,
+                                                       const ProgressFn& progress,
+                                                       const QuantizeOptions& options)
+{
+    const auto start = std::chrono::steady_clock::now();
+    auto plan = layout.resolve(model);
+    if (!plan) return plan.error();
+    QL_TRY_STATUS(checkMethodsAvailable(layout, *plan));
+    if (windows.empty()) return makeError(ErrorCode::InvalidArgument, "no calibration windows");
+    std::int64_t totalTokens = 0, longest = 0;
+    for (const auto& w : windows) {
+        if (w.tokens.empty())
+            return makeError(ErrorCode::InvalidArgument, "an empty calibration window");
+        totalTokens += std::int64_t(w.tokens.size());
+        longest = std::max<std::int64_t>(longest, std::int64_t(w.tokens.size()));
+    }
+    const int blocks = int(llama.config().blocks);
+
+    // Plan entries by stage: outside the blocks first, then per block and sublayer group.
+    std::vector<std::size_t> outside;
+    std::vector<std::array<std::vector<std::size_t>, 5>> inBlock(static_cast<std::size_t>(blocks));
+    for (std::size_t i = 0; i < plan->tensors.size(); ++i) {
+        const TensorInfo* info = model.find(plan->tensors[i].name);
+        if (!info)
+            return makeError(ErrorCode::InvalidArgument,
+                             "the model has no tensor " + plan->tensors[i].name);
+        if (info->block >= 0 && info->block < blocks)
+            inBlock[std::size_t(info->block)][std::size_t(groupOf(*info))].push_back(i);
+        else
+            outside.push_back(i);
+    }
+
+    SequentialQuantization out;
+    out.model.layout = layout.toString();
+    out.model.plan = *plan;
+    out.model.tensors.resize(plan->tensors.size());
+    CalibrationResult& calib = out.calibration;
+    calib.config.samples = std::int32_t(windows.size());
+    calib.config.seqLen = std::int32_t(longest);
+    calib.config.hessian = HessianPrecision::Float64;
+    calib.tokens = totalTokens;
+    calib.device = "CPU (true-sequential)";
+
+    // Progress in steps: the tensors outside the blocks, then per block four groups and the pass
+    // that carries the windows on.
+    const double steps = 1.0 + 5.0 * blocks;
+    double step = 0;
+    auto report = [&](double within, const std::string& what) {
+        return reportProgress(progress, (step + std::clamp(within, 0.0, 1.0)) / steps, what);
+    };
+    auto cancelled = [] {
+        return makeError(ErrorCode::Cancelled, "sequential quantization cancelled");
+    };
+
+    auto quantizeOne = [&](std::size_t i, const CalibrationResult* calibration, double from,
+                           double to) -> Status {
+        const TensorPlan& p = plan->tensors[i];
+        ProgressFn inner = [&](double f, std::string_view) {
+            return report(from + (to - from) * f, p.name);
+        };
+        auto t = quantizeTensor(model, p, calibration, options, inner);
+        if (!t) return t.error();
+        if (!llama.weights().values(p.name).empty()) {
+            auto values = t->quantized.dequantize();
+            if (!values) return values.error();
+            QL_TRY_STATUS(llama.weights().replaceWeights(p.name, *values));
+        }
+        out.model.tensors[i] = std::move(t).value();
+        return {};
+    };
+    auto quantizeAll = [&](const std::vector<std::size_t>& list,
+                           const CalibrationResult* calibration, double from, double to) -> Status {
+        for (std::size_t k = 0; k < list.size(); ++k) {
+            const double a = from + (to - from) * double(k) / double(list.size());
+            const double b = from + (to - from) * double(k + 1) / double(list.size());
+            QL_TRY_STATUS(quantizeOne(list[k], calibration, a, b));
+        }
+        return {};
+    };
+
+    try {
+        QL_TRY_STATUS(quantizeAll(outside, nullptr, 0.0, 1.0));
+        step += 1;
+
+        std::vector<MatrixXfRowMajor> hidden;
+        hidden.reserve(windows.size());
+        for (const auto& w : windows) {
+            auto h = llama.embed(w.tokens);
+            if (!h) return h.error();
+            hidden.push_back(std::move(h).value());
+        }
+
+        for (int b = 0; b < blocks; ++b) {
+            const auto& groups = inBlock[std::size_t(b)];
+            QL_TRY_STATUS(quantizeAll(groups[4], nullptr, 0.0, 0.0));
+            for (int g = 0; g < 4; ++g, step += 1) {
+                const auto& list = groups[std::size_t(g)];
+                if (list.empty()) continue;
+                bool encodes = false;
+                for (std::size_t i : list)
+                    encodes = encodes ||
+                              !keepsStorage(plan->tensors[i], *model.find(plan->tensors[i].name));
+                if (!encodes) {
+                    QL_TRY_STATUS(quantizeAll(list, nullptr, 0.0, 1.0));
+                    continue;
+                }
+                const ProbeSite site = probeSiteOf(kGroups[std::size_t(g)]);
+                const std::string name = probeName(b, site);
+                GroupProbe probe(b, kGroups[std::size_t(g)]);
+                for (std::size_t s = 0; s < windows.size(); ++s) {
+                    probe.setSample(std::int32_t(s));
+                    MatrixXfRowMajor h = hidden[s];
+                    QL_TRY_STATUS(llama.runBlock(b, h, &probe));
+                    if (!report(0.5 * double(s + 1) / double(windows.size()),
+                                "calibrating " + name))
+                        return cancelled();
+                }
+                if (!probe.stats())
+                    return makeError(ErrorCode::InvalidArgument,
+                                     "block " + std::to_string(b) + " never reached " + name);
+                CalibrationResult partial;
+                ProbeStats ps;
+                ps.name = name;
+                ps.block = b;
+                ps.site = site;
+                ps.stats = std::move(*probe.stats());
+                partial.probes.push_back(std::move(ps));
+                QL_TRY_STATUS(quantizeAll(list, &partial, 0.5, 1.0));
+                calib.probes.push_back(std::move(partial.probes.front()));
+            }
+            for (std::size_t s = 0; s < windows.size(); ++s) {
+                QL_TRY_STATUS(llama.runBlock(b, hidden[s]));
+                if (!report(double(s + 1) / double(windows.size()),
+                            "block " + std::to_string(b) + " done"))
+                    return cancelled();
+            }
+            step += 1;
+        }
+    } catch (const std::bad_alloc&) {
+        return makeError(ErrorCode::OutOfMemory, "out of memory in sequential quantization (" +
+                                                     std::to_string(windows.size()) +
+                                                     " windows of up to " +
+                                                     std::to_string(longest) + " tokens)");
+    }
+    (void)reportProgress(progress, 1.0, "done");
+    out.model.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    calib.seconds = out.model.seconds;
+    return out;
+}
+
+}  // namespace ql

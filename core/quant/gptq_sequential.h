@@ -1,0 +1,50 @@
+// True-sequential quantization of a Llama-family model (GPTQ's "true sequential" mode): the
+// Hessian each sublayer is quantized with is gathered from inputs that the already-quantized
+// layers produce, not from the unquantized model.
+//
+// Calibration windows are embedded once (after token_embd is quantized) and their hidden states
+// carried from block to block. In block b the sublayer groups are done in execution order:
+//   q/k/v (input blk.b.attn_qkv) -> attn_output -> gate/up (blk.b.ffn_gate_up) -> ffn_down
+// For each group, every window runs through block b (LlamaModel::runBlock) with a probe that
+// accumulates the group's input statistics and float64 Hessian; the group's tensors are then
+// quantized with them (quantizeTensor: gptq, or rtn with importance weights) and their decoded
+// values replace the weights in the LlamaModel, so the next group's inputs see them. After the
+// last group the windows run through the quantized block to give the next block's inputs.
+// Tensors outside the blocks (token_embd, output_norm, output) are done first: they have no
+// probe, so a gptq rule quantizes them with rtn (with a note). Norms a rule names exactly are
+// done before their block's groups.
+//
+// Cost: five passes of every window through each block, plus the GPTQ work itself; memory: the
+// hidden states of all windows (windows x tokens x dim floats) and one Hessian at a time.
+#pragma once
+
+#include <vector>
+
+#include "calib/calibration.h"
+#include "calib/dataset.h"
+#include "layout/layout.h"
+#include "model/llama.h"
+#include "model/model.h"
+#include "quant/quantize_model.h"
+#include "util/progress.h"
+#include "util/result.h"
+
+namespace ql {
+
+struct SequentialQuantization {
+    QuantizedModel model;
+    // The statistics each sublayer group was quantized with (Hessians in float64), one probe per
+    // group that needed them, in execution order.
+    CalibrationResult calibration;
+};
+
+// `llama` must hold `model`'s unquantized weights (LlamaModel::create(model)). On success it
+// holds the quantized model's decoded weights, ready to evaluate; after an error (Cancelled
+// included) it holds a mix and should be discarded. Windows: e.g. makeCalibrationWindows.
+Result<SequentialQuantization> quantizeModelSequential(const Model& model, LlamaModel& llama,
+                                                       const std::vector<TokenWindow>& windows,
+                                                       const Layout& layout,
+                                                       const ProgressFn& progress = {},
+                                                       const QuantizeOptions& options = {});
+
+}  // namespace ql
