@@ -19,7 +19,7 @@ prefix=\${pcfiledir}/../..
 Name: libpcre2-8
 Description: PCRE2 (8-bit), staged
 Version: 10.42
-Libs: \${prefix}/lib/libpcre2-8.a
+Libs: -L\${prefix}/lib -lpcre2-8
 Cflags: -I\${prefix}/include
 PC
 # Test data: the model, the evaluation and calibration text (a few MB), the quant vectors.
