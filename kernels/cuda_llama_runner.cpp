@@ -29,6 +29,7 @@
 #include "forward_ops.h"
 #include "norm.cuh"
 #include "rope.cuh"
+#include "stats.cuh"
 
 namespace ql::cuda {
 namespace {
@@ -60,16 +61,9 @@ public:
     Status forward(std::span<const std::int32_t> tokens, std::int64_t batch,
                    const LogitsFn& onLogits, const ProgressFn& progress,
                    std::int32_t firstSample) override;
-    Status enableStats(const RunnerStatsOptions&) override
-    {
-        return makeError(ErrorCode::Unsupported,
-                         "activation statistics on the GPU are not wired in yet: calibrate on the "
-                         "CPU runner");
-    }
-    Result<std::vector<ActivationStats>> takeStats() override
-    {
-        return makeError(ErrorCode::Unsupported, "no statistics are collected on the GPU yet");
-    }
+    Status enableStats(const RunnerStatsOptions& options) override;
+    Result<std::vector<ActivationStats>> takeStats() override;
+    void disableStats() override;
     Status replaceWeight(const std::string& name, std::span<const float> values) override;
     std::uint64_t peakMemoryBytes() const override { return m_memory.peak; }
 
@@ -106,14 +100,19 @@ private:
 
     // The statistics hook. Every linear-layer input passes here on the device, in execution
     // order, before the GEMMs that read it; `in.data` stays valid until the next op on
-    // `in.stream`. kernels/stats.cuh's DeviceStats plugs in here: enableStats creates one
-    // accumulator per probe (block * 4 + site), this adds `in` to its probe on the stream, and
-    // takeStats downloads and merges them into ActivationStats.
-    void onLinearInput(const LinearInput& in)
+    // `in.stream`, and DeviceStats enqueues its work on that stream, so nothing waits here.
+    // enableStats creates one accumulator per probe (block * 4 + site); takeStats downloads them.
+    Status onLinearInput(const LinearInput& in)
     {
-        if (!m_statsEnabled) return;
-        (void)in;
+        if (!m_statsEnabled) return {};
+        cuda::DeviceStats& stats = m_stats[std::size_t(in.block) * 4 + std::size_t(in.site)];
+        const std::int64_t sequences = in.rows / in.seqLen;
+        if (in.type == DType::BF16)
+            return stats.add(static_cast<const __nv_bfloat16*>(in.data), in.rows, sequences,
+                             in.firstSample);
+        return stats.add(static_cast<const float*>(in.data), in.rows, sequences, in.firstSample);
     }
+    void releaseStats();
 
     // Declared first: destroyed after every buffer below.
     std::shared_ptr<CudaContext> m_ctx;
@@ -124,6 +123,8 @@ private:
     DType m_type;
     std::int64_t m_qDim, m_kvDim, m_qkvDim;
     bool m_statsEnabled = false;
+    std::vector<DeviceStats> m_stats;  // blocks * 4 while enabled
+    std::uint64_t m_statsBytes = 0;    // their device memory, counted in m_memory
 
     DeviceTensor m_embd, m_output;  // m_output empty when the head is tied to m_embd
     DeviceBuffer<float> m_outputNorm;
@@ -465,7 +466,7 @@ Status CudaLlamaRunner::forward(std::span<const std::int32_t> tokens, std::int64
             probe.site = site;
             probe.data = data;
             probe.cols = cols;
-            onLinearInput(probe);
+            return onLinearInput(probe);
         };
 
         for (std::int64_t b = 0; b < s.blocks; ++b) {
@@ -474,7 +475,7 @@ Status CudaLlamaRunner::forward(std::span<const std::int32_t> tokens, std::int64
             launchRmsNorm(m_x.data(), rows, s.dim, w.attnNorm.data(), s.rmsNormEps, m_h.data(),
                           m_type, stream);
             QL_TRY_STATUS(CudaContext::checkLaunch("rmsnorm"));
-            observe(bi, 0, m_h.data(), s.dim);
+            QL_TRY_STATUS(observe(bi, 0, m_h.data(), s.dim));
             QL_TRY_STATUS(linear(*m_ctx, m_h.data(), m_type, s.dim, w.wqkv.data(), rows, s.dim,
                                  m_qkvDim, m_qkv.data(), m_type, m_qkvDim));
             if (s.attentionBias) {
@@ -490,20 +491,20 @@ Status CudaLlamaRunner::forward(std::span<const std::int32_t> tokens, std::int64
             QL_TRY_STATUS(CudaContext::checkLaunch("rope"));
             QL_TRY_STATUS(causalAttention(*m_ctx, m_attention, as, m_qkv.data(), m_type,
                                           m_attn.data(), kernel));
-            observe(bi, 1, m_attn.data(), m_qDim);
+            QL_TRY_STATUS(observe(bi, 1, m_attn.data(), m_qDim));
             QL_TRY_STATUS(linear(*m_ctx, m_attn.data(), m_type, m_qDim, w.wo.data(), rows, m_qDim,
                                  s.dim, m_x.data(), DType::F32, s.dim, 1.0f));
 
             launchRmsNorm(m_x.data(), rows, s.dim, w.ffnNorm.data(), s.rmsNormEps, m_h.data(),
                           m_type, stream);
             QL_TRY_STATUS(CudaContext::checkLaunch("rmsnorm"));
-            observe(bi, 2, m_h.data(), s.dim);
+            QL_TRY_STATUS(observe(bi, 2, m_h.data(), s.dim));
             QL_TRY_STATUS(linear(*m_ctx, m_h.data(), m_type, s.dim, w.wgu.data(), rows, s.dim,
                                  2 * s.ffnDim, m_gu.data(), m_type, 2 * s.ffnDim));
             launchSwiglu(m_gu.data(), m_type, rows, s.ffnDim, 2 * s.ffnDim, s.ffnDim, m_g.data(),
                          m_type, stream);
             QL_TRY_STATUS(CudaContext::checkLaunch("swiglu"));
-            observe(bi, 3, m_g.data(), s.ffnDim);
+            QL_TRY_STATUS(observe(bi, 3, m_g.data(), s.ffnDim));
             QL_TRY_STATUS(linear(*m_ctx, m_g.data(), m_type, s.ffnDim, w.wdown.data(), rows,
                                  s.ffnDim, s.dim, m_x.data(), DType::F32, s.dim, 1.0f));
             if (!reportProgress(progress, double(b + 1) / double(s.blocks + 1), "forward")) {
@@ -519,6 +520,76 @@ Status CudaLlamaRunner::forward(std::span<const std::int32_t> tokens, std::int64
     } catch (const std::bad_alloc&) {
         return makeError(ErrorCode::OutOfMemory, "out of host memory in the GPU forward pass");
     }
+}
+
+Status CudaLlamaRunner::enableStats(const RunnerStatsOptions& options)
+{
+    QL_TRY_STATUS(m_ctx->activate());
+    releaseStats();
+    const std::int64_t widths[4] = {m_shape.dim, m_qDim, m_shape.dim, m_shape.ffnDim};
+    try {
+        std::vector<DeviceStats> stats;
+        stats.reserve(std::size_t(m_shape.blocks) * 4);
+        std::uint64_t bytes = 0;
+        for (std::int64_t b = 0; b < m_shape.blocks; ++b)
+            for (std::int64_t width : widths) {
+                auto s = DeviceStats::create(std::int32_t(width), options, m_ctx->stream(),
+                                             m_ctx->blas());
+                if (!s) {
+                    if (s.error().code == ErrorCode::OutOfMemory)
+                        return makeError(ErrorCode::OutOfMemory,
+                                         "out of GPU memory for the activation statistics of " +
+                                             std::to_string(m_shape.blocks * 4) + " probes (" +
+                                             formatGiB(bytes) +
+                                             " allocated when it ran out): " + s.error().message);
+                    return s.error();
+                }
+                bytes += s->deviceBytes();
+                stats.push_back(std::move(s).value());
+            }
+        m_stats = std::move(stats);
+        m_statsBytes = bytes;
+        m_memory.add(bytes);
+        m_statsEnabled = true;
+    } catch (const std::bad_alloc&) {
+        return makeError(ErrorCode::OutOfMemory, "out of host memory for the statistics");
+    }
+    return {};
+}
+
+Result<std::vector<ActivationStats>> CudaLlamaRunner::takeStats()
+{
+    if (!m_statsEnabled)
+        return makeError(ErrorCode::InvalidArgument, "takeStats: statistics are not enabled");
+    QL_TRY_STATUS(m_ctx->activate());
+    try {
+        std::vector<ActivationStats> out;
+        out.reserve(m_stats.size());
+        for (const DeviceStats& s : m_stats) {
+            auto host = s.download();  // waits for the stream
+            if (!host) return host.error();
+            out.push_back(std::move(host).value());
+        }
+        for (DeviceStats& s : m_stats) QL_TRY_STATUS(s.reset());
+        return out;
+    } catch (const std::bad_alloc&) {
+        return makeError(ErrorCode::OutOfMemory, "out of host memory for the statistics");
+    }
+}
+
+void CudaLlamaRunner::disableStats()
+{
+    if (m_ctx->activate()) releaseStats();
+}
+
+void CudaLlamaRunner::releaseStats()
+{
+    // Work still queued on the stream may read the accumulators.
+    (void)m_ctx->synchronize();
+    m_stats.clear();
+    m_memory.remove(m_statsBytes);
+    m_statsBytes = 0;
+    m_statsEnabled = false;
 }
 
 Status CudaLlamaRunner::runHead(std::int64_t rows, std::int64_t seqLen, const LogitsFn& onLogits)

@@ -1,14 +1,19 @@
 // quantlens-cli calibrate: run calibration text through the model and save the activation
 // statistics (per-channel abs-max, mean |x|, mean x², histograms, top activations, Hessians) to
-// an HDF5 session, written atomically.
+// an HDF5 session, written atomically. On a GPU the windows run in batches through the CUDA
+// runner; should the GPU fail (out of memory, a driver error) the run starts again on the CPU
+// reference path with a note, and the session is only written once a run has finished.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 
 #include "calib/calibrate.h"
 #include "cli_common.h"
+#include "cli_device.h"
 #include "compute/backend.h"
 #include "io/model_loader.h"
+#include "model/llama_runner.h"
 #include "session/session.h"
 
 namespace qlcli {
@@ -30,6 +35,12 @@ options:
   --top-k K           largest activations kept per probe (default 32)
   --ranges BITS       also print each probe's activation ranges at BITS (min-max, percentile,
                       MSE, entropy) with their errors
+  --device D          cpu, cuda or auto (default: cuda when a GPU is present, else cpu); a GPU
+                      failure (e.g. out of memory) falls back to the CPU with a note
+  --precision P       f32 (default: matches the CPU to rounding) or bf16 (GPU only: bf16
+                      weights and activations, faster)
+  --batch N           windows per forward pass on the GPU (default: as many as make 16384
+                      tokens)
 )";
 
 int runCalibrate(Args args)
@@ -38,8 +49,11 @@ int runCalibrate(Args args)
     std::string modelPath, outPath;
     ql::CalibrationConfig config;
     std::int64_t rangeBits = 0;
+    DeviceOptions device;
+    ql::RunnerCalibrationOptions batching;
     while (p.next()) {
-        if (!p.isOption()) {
+        if (parseDeviceOption(p, device)) {
+        } else if (!p.isOption()) {
             if (modelPath.empty())
                 modelPath = p.current();
             else
@@ -56,6 +70,8 @@ int runCalibrate(Args args)
             config.consecutive = true;
         } else if (p.is("--top-k")) {
             if (auto v = p.integer(0, 4096)) config.topK = static_cast<std::int32_t>(*v);
+        } else if (p.is("--batch")) {
+            if (auto v = p.integer(1, 1 << 20)) batching.batch = static_cast<std::int32_t>(*v);
         } else if (p.is("--ranges")) {
             if (auto v = p.integer(2, 16)) rangeBits = *v;
         } else if (p.is("--hessian")) {
@@ -78,35 +94,69 @@ int runCalibrate(Args args)
     if (modelPath.empty()) return usageError("calibrate needs a MODEL", "calibrate");
     if (config.textFiles.empty()) return usageError("calibrate needs --text FILE", "calibrate");
     if (outPath.empty()) return usageError("calibrate needs --out SESSION.h5", "calibrate");
+    auto backend = openBackend(device);
+    if (!backend) return fail(backend.error().message);
+    const bool gpu = (*backend)->device().isGpu;
+    if (!gpu && device.precision != ql::Precision::Float32)
+        return fail(std::string("--precision ") + ql::precisionName(device.precision) +
+                    " needs a CUDA GPU; the CPU calibrates in f32");
     installInterruptHandler();
 
     auto model = ql::openModel(modelPath);
     if (!model) return fail(model.error().message);
     auto tokenizer = ql::Tokenizer::create(*model);
     if (!tokenizer) return fail(tokenizer.error().message);
+    auto windows = ql::calibrationWindows(**tokenizer, config);
+    if (!windows) return fail(windows.error().message);
     ProgressLine progress;
     auto llama = ql::LlamaModel::create(*model, {}, progress.part(0, 0.05));
     if (!llama) return fail(llama.error().message);
-    // The CPU path runs the forward pass here; the CUDA path comes with the GPU backend.
-    const std::string device = ql::createCpuBackend()->device().name;
-    const auto start = std::chrono::steady_clock::now();
-    auto last = start;
+    auto last = std::chrono::steady_clock::now();
     const bool tty = progress.enabled();
     auto inner = progress.part(0.05, 0.95);
-    auto result = ql::calibrate(
-        *llama, **tokenizer, config,
-        [&](double f, std::string_view what) {
-            if (!tty && secondsSince(last) > 5.0) {
-                last = std::chrono::steady_clock::now();
-                std::fprintf(stderr, "%.*s (%.0f%%)\n", int(what.size()), what.data(), 100 * f);
+    auto report = [&](double f, std::string_view what) {
+        if (!tty && secondsSince(last) > 5.0) {
+            last = std::chrono::steady_clock::now();
+            std::fprintf(stderr, "%.*s (%.0f%%)\n", int(what.size()), what.data(), 100 * f);
+        }
+        return inner(f, what);
+    };
+
+    std::optional<ql::CalibrationResult> calibrated;
+    if (gpu) {
+        std::string failure;
+        {  // the runner and its GPU memory go before any CPU run
+            auto runner = ql::createLlamaRunner(**backend, *llama, device.precision);
+            if (!runner) {
+                failure = "could not load the model onto " + (*backend)->device().name + ": " +
+                          runner.error().message;
+            } else {
+                auto r =
+                    ql::calibrateWindows(**runner, **tokenizer, *windows, config, report, batching);
+                if (r)
+                    calibrated = std::move(r).value();
+                else if (r.error().code == ql::ErrorCode::Cancelled)
+                    return fail(r.error().message);
+                else
+                    failure = "calibration on " + (*runner)->device().name +
+                              " failed: " + r.error().message;
             }
-            return inner(f, what);
-        },
-        device);
-    if (!result) return fail(result.error().message);
+        }
+        if (!calibrated) {
+            progress.finish();
+            std::fprintf(stderr, "note: %s\nnote: calibrating on the CPU instead\n",
+                         failure.c_str());
+        }
+    }
+    if (!calibrated) {
+        auto r = ql::calibrateWindows(*llama, **tokenizer, *windows, config, report,
+                                      ql::createCpuBackend()->device().name);
+        if (!r) return fail(r.error().message);
+        calibrated = std::move(r).value();
+    }
     auto identity = ql::identifyModel(*model, progress.part(0.95, 0.98));
     if (!identity) return fail(identity.error().message);
-    ql::SessionData session{*identity, std::move(result).value()};
+    ql::SessionData session{*identity, std::move(*calibrated)};
     auto written = ql::writeSession(outPath, session, progress.part(0.98, 1.0));
     progress.finish();
     if (!written) return fail(written.error().message);

@@ -87,6 +87,8 @@ public:
     // The statistics gathered since enableStats (blocks * 4 entries, see above); collection
     // continues afresh.
     virtual Result<std::vector<ActivationStats>> takeStats() = 0;
+    // Stops collecting and frees the accumulators: later forwards run as if never enabled.
+    virtual void disableStats() = 0;
 
     // Swap in new values for one tensor ("blk.0.attn_q.weight", same element count).
     virtual Status replaceWeight(const std::string& name, std::span<const float> values) = 0;

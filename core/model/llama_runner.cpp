@@ -174,6 +174,11 @@ Result<std::vector<ActivationStats>> CpuLlamaRunner::takeStats()
     }
 }
 
+void CpuLlamaRunner::disableStats()
+{
+    m_probe.reset();
+}
+
 Status CpuLlamaRunner::replaceWeight(const std::string& name, std::span<const float> values)
 {
     if (!m_mutable)

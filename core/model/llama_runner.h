@@ -34,6 +34,7 @@ public:
                    std::int32_t firstSample = 0) override;
     Status enableStats(const RunnerStatsOptions& options) override;
     Result<std::vector<ActivationStats>> takeStats() override;
+    void disableStats() override;
     Status replaceWeight(const std::string& name, std::span<const float> values) override;
     std::uint64_t peakMemoryBytes() const override;  // the float32 weights held on the host
 

@@ -1,12 +1,15 @@
 // Calibration on stories260K: the statistics equal direct recomputation from the captured
 // activations (abs-max = max |x|, Hessian = XᵀX), windows are reproducible from the seed, and the
-// result survives the HDF5 session round trip.
+// result survives the HDF5 session round trip. Calibrating through a ModelRunner (issue #5; here
+// the CPU runner, batched) gives the LlamaModel path's result; tests/gpu/test_cuda_calibrate.cpp
+// holds the CUDA runner to the same reference.
 #include <QtTest>
 
 #include <cmath>
 
 #include "calib/calibrate.h"
 #include "io/model_loader.h"
+#include "model/llama_runner.h"
 #include "session/session.h"
 #include "test_data.h"
 
@@ -165,6 +168,64 @@ private slots:
             QCOMPARE(back->calibration->probes[i].topContext.front().before,
                      r->probes[i].topContext.front().before);
         }
+    }
+
+    void runnerMatchesModelPath()
+    {
+        WindowOptions wo;
+        wo.samples = 7;
+        wo.seqLen = 64;
+        wo.seed = 3;
+        auto windows = makeCalibrationWindows(*m_tok, {m_text}, wo);
+        QVERIFY(windows.ok());
+        // A shorter last window: the runner batches equal lengths only.
+        windows->back().tokens.resize(40);
+        CalibrationConfig config;
+        auto ref = calibrateWindows(*m_llama, *m_tok, *windows, config);
+        QVERIFY(ref.ok());
+        CpuLlamaRunner runner(*m_llama);
+        RunnerCalibrationOptions batching;
+        batching.batch = 3;
+        int calls = 0;
+        auto got = calibrateWindows(
+            runner, *m_tok, *windows, config,
+            [&](double f, std::string_view) {
+                ++calls;
+                return f >= 0 && f <= 1;
+            },
+            batching);
+        QVERIFY2(got.ok(), got.ok() ? "" : got.error().message.c_str());
+        QVERIFY(calls > 0);
+        QCOMPARE(got->tokens, ref->tokens);
+        QCOMPARE(got->device, runner.device().name + ", f32");
+        QCOMPARE(got->probes.size(), ref->probes.size());
+        for (std::size_t i = 0; i < ref->probes.size(); ++i) {
+            const ProbeStats& a = got->probes[i];
+            const ProbeStats& b = ref->probes[i];
+            QCOMPARE(a.name, b.name);
+            QCOMPARE(a.stats.tokenCount(), b.stats.tokenCount());
+            QCOMPARE(a.stats.channelAbsMax(), b.stats.channelAbsMax());
+            QCOMPARE(a.stats.sumAbs(), b.stats.sumAbs());
+            QCOMPARE(a.stats.sumSquare(), b.stats.sumSquare());
+            QCOMPARE(a.stats.hessian(), b.stats.hessian());
+            QCOMPARE(a.stats.histogram().counts, b.stats.histogram().counts);
+            QCOMPARE(a.stats.top().size(), b.stats.top().size());
+            for (std::size_t k = 0; k < a.stats.top().size(); ++k) {
+                QCOMPARE(a.stats.top()[k].value, b.stats.top()[k].value);
+                QCOMPARE(a.stats.top()[k].sample, b.stats.top()[k].sample);
+                QCOMPARE(a.stats.top()[k].position, b.stats.top()[k].position);
+                QCOMPARE(a.topContext[k].token, b.topContext[k].token);
+                QCOMPARE(a.topContext[k].before, b.topContext[k].before);
+            }
+        }
+        // The runner is left without statistics.
+        QCOMPARE(runner.takeStats().ok(), false);
+        // Cancelling stops the run with Cancelled.
+        auto cancelled = calibrateWindows(
+            runner, *m_tok, *windows, config, [](double, std::string_view) { return false; },
+            batching);
+        QVERIFY(!cancelled.ok());
+        QCOMPARE(cancelled.error().code, ErrorCode::Cancelled);
     }
 
     void cancelStopsEarly()
