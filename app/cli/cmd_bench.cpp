@@ -10,6 +10,7 @@
 // quant: RTN quantization throughput (app/cli/cmd_bench_quant.cpp).
 // hessian: calibration statistics on the GPU (app/cli/cmd_bench_hessian.cpp).
 // forward: whole forward passes on the GPU or CPU (app/cli/cmd_bench_gpu.cpp).
+// calibrate: forward passes with and without the calibration statistics (cmd_bench_gpu.cpp).
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -28,13 +29,15 @@
 
 namespace qlcli {
 
-int runBenchForward(Args args);  // app/cli/cmd_bench_gpu.cpp
+int runBenchForward(Args args);    // app/cli/cmd_bench_gpu.cpp
+int runBenchCalibrate(Args args);  // app/cli/cmd_bench_gpu.cpp
 
 const std::string_view kBenchHelp =
     "usage: quantlens-cli bench open MODEL [--repeat N] [--list]\n"
     "       quantlens-cli bench stats MODEL [--max-tensors N]\n"
     "       quantlens-cli bench quant [MODEL] [options]   (see: bench quant --help)\n"
     "       quantlens-cli bench forward MODEL [options]   (see: bench forward --help)\n"
+    "       quantlens-cli bench calibrate MODEL [options] (see: bench calibrate --help)\n"
     "       quantlens-cli bench hessian [options]         (see: bench hessian --help)\n\n"
     "open   opens MODEL (a .gguf file, a safetensors folder or a llama2.c .bin) reading\n"
     "       headers only, walks its tensor list (--list prints it), and prints the wall time\n"
@@ -46,7 +49,9 @@ const std::string_view kBenchHelp =
     "quant  round-to-nearest quantization throughput per format.\n"
     "hessian  GPU calibration statistics: XᵀX TFLOP/s and the statistics pass in GB/s\n"
     "       (see: bench hessian --help).\n"
-    "forward  tokens/s, TFLOP/s and peak memory of whole forward passes (GPU when present).\n";
+    "forward  tokens/s, TFLOP/s and peak memory of whole forward passes (GPU when present).\n"
+    "calibrate  tokens/s of calibration with the statistics off and on, the overhead and the\n"
+    "       peak memory (GPU when present).\n";
 
 namespace {
 
@@ -261,8 +266,9 @@ int runBench(Args args)
     if (which == "quant") return runArgvCommand(runBenchQuant, args);
     if (which == "hessian") return runBenchHessian(args.subspan(1));
     if (which == "forward") return runBenchForward(args.subspan(1));
-    return usageError("no benchmark '" + which + "' (open, stats, quant, forward, hessian)",
-                      "bench");
+    if (which == "calibrate") return runBenchCalibrate(args.subspan(1));
+    return usageError(
+        "no benchmark '" + which + "' (open, stats, quant, forward, calibrate, hessian)", "bench");
 }
 
 }  // namespace qlcli
