@@ -411,10 +411,14 @@ Result<GgufWriteReport> writeFile(const Model& model, const std::string& layoutT
     std::vector<OutTensor> out(plan.tensors.size());
     std::map<TensorType, double> weightsByType;
     bool anyQuantized = false;
-    std::vector<std::string> dequantNotes, fallbackNotes;
+    std::vector<std::string> dequantNotes, fallbackNotes, widened, badF16;
     for (std::size_t i = 0; i < plan.tensors.size(); ++i) {
         const TensorPlan& p = plan.tensors[i];
-        out[i].type = ggufStorageType(p.format, options.dequantType, &out[i].dequantized);
+        out[i].type = ggufStorageType(p.format, options.dequantType, p.cols, &out[i].dequantized);
+        if (out[i].dequantized && out[i].type != options.dequantType) widened.push_back(p.name);
+        if (p.shape.size() >= 2 && out[i].type == TensorType::F16 &&
+            p.cols % llamaCppRowMultiple(TensorType::F16) != 0)
+            badF16.push_back(p.name);
         auto bytes = tensorBytes(out[i].type, std::uint64_t(p.elementCount()));
         if (!bytes)
             return makeError(ErrorCode::InvalidArgument,
@@ -431,6 +435,22 @@ Result<GgufWriteReport> writeFile(const Model& model, const std::string& layoutT
     for (const auto& f : plan.fallbacks)
         fallbackNotes.push_back(f.tensor + ": " + formatToString(f.wanted) + " -> " +
                                 formatToString(f.got));
+    auto nameList = [](const std::vector<std::string>& names) {
+        std::string s = names.front();
+        if (names.size() > 1) s += " and " + std::to_string(names.size() - 1) + " more";
+        return s;
+    };
+    if (!widened.empty())
+        report.notes.push_back(
+            std::to_string(widened.size()) + " dequantized tensors (" + nameList(widened) +
+            ") written as F32, not F16: their rows are not a multiple of 16 values, which "
+            "llama.cpp's AMX F16 kernel computes wrongly");
+    if (!badF16.empty())
+        report.warnings.push_back(
+            std::to_string(badF16.size()) + " F16 matrices (" + nameList(badF16) +
+            ") have rows that are not a multiple of 16 values: llama.cpp on CPUs with AMX "
+            "computes them wrongly (garbage or NaN); store them as f32 or bf16, or run llama.cpp "
+            "with --no-repack");
     TensorType mostly = TensorType::F32;
     double most = -1;
     for (const auto& [type, n] : weightsByType)
@@ -624,11 +644,14 @@ std::uint32_t ggufFileType(TensorType type)
     return 0;
 }
 
-TensorType ggufStorageType(const QuantFormat& format, TensorType dequantType, bool* dequantized)
+TensorType ggufStorageType(const QuantFormat& format, TensorType dequantType, std::int64_t cols,
+                           bool* dequantized)
 {
     const bool native = format.kind == QuantKind::Float || format.kind == QuantKind::Ggml;
     if (dequantized) *dequantized = !native;
-    return native ? format.type : dequantType;
+    if (native) return format.type;
+    if (cols > 0 && cols % llamaCppRowMultiple(dequantType) != 0) return TensorType::F32;
+    return dequantType;
 }
 
 std::vector<std::pair<std::string, MetaValue>> tokenizerMetadata(const Model& model,

@@ -24,7 +24,10 @@
 // so reordering the encoded rows is exact.
 // Formats llama.cpp has no type for (NF4, MXFP4, NVFP4, FP8, INT-n) are written as the values they
 // decode to, in F16 (default) or F32: a file for research, with the real format named in
-// quantlens.dequantized and in the report.
+// quantlens.dequantized and in the report. Such a tensor whose rows llama.cpp cannot run as F16
+// (length not a multiple of 16, llamaCppRowMultiple in quant/format.h) is written as F32 instead,
+// with a note; an F16 matrix of that kind that the layout asks for explicitly is written as asked,
+// with a warning that llama.cpp on AMX CPUs computes it wrongly.
 //
 // The file is written to "<path>.tmp-<pid>" in the same folder and renamed over <path> at the
 // end; a cancelled or failed write removes it and leaves any existing <path> alone. exportGguf()
@@ -91,9 +94,11 @@ Result<GgufWriteReport> writeGguf(const Model& model, const QuantizedModel& quan
 // (Q3_K, Q4_K, Q5_K map to the _S mixes, which hold only that type).
 std::uint32_t ggufFileType(TensorType type);
 
-// The GGUF type a format is written as: its own for floats and llama.cpp formats, else
-// `dequantType`; `dequantized` tells which.
-TensorType ggufStorageType(const QuantFormat& format, TensorType dequantType, bool* dequantized);
+// The GGUF type a format is written as, for rows of `cols` values: its own for floats and
+// llama.cpp formats, else `dequantType`, or F32 where llama.cpp cannot run F16 rows of `cols`;
+// `dequantized` tells whether the decoded values are written.
+TensorType ggufStorageType(const QuantFormat& format, TensorType dequantType, std::int64_t cols,
+                           bool* dequantized);
 
 // tokenizer.ggml.* keys for a model whose tokenizer is not in its metadata (llama2.c
 // tokenizer.bin, byte-level BPE tokenizer.json). Empty with nothing added when the metadata

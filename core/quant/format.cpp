@@ -410,7 +410,20 @@ QuantFormat fallbackFormat(const QuantFormat& f, std::int64_t rows, std::int64_t
         default: break;
     }
     if (next != TensorType::F16 && fits(next)) return ggmlFormat(next);
-    return floatFormat(TensorType::F16);
+    return floatFormat(cols % llamaCppRowMultiple(TensorType::F16) == 0 ? TensorType::F16
+                                                                        : TensorType::F32);
+}
+
+std::int64_t llamaCppRowMultiple(TensorType type)
+{
+    switch (type) {
+        case TensorType::F32:
+        case TensorType::BF16: return 1;
+        // ggml-cpu/amx/mmq.cpp: tinygemm_kernel_avx<float, ggml_fp16_t> steps k by 16 up to K;
+        // the AMX buffer type accepts any F16 matrix with 32k rows, whatever its row length.
+        case TensorType::F16: return 16;
+        default: return std::int64_t(traits(type).blockSize);
+    }
 }
 
 std::span<const FormatPreset> formatPresets()

@@ -16,7 +16,14 @@
 // Tensors are 2-D, rows = output channels, cols = input channels. Scale groups run along a row
 // (over cols); a trailing partial group (cols not a multiple of the group size) gets its own
 // scale. llama.cpp block formats are the exception: their blocks must divide cols, and
-// checkFormatFits() names the fallback llama.cpp would use.
+// checkFormatFits() names the fallback (fallbackFormat).
+//
+// What llama.cpp runs: a GGUF type being legal for a shape is not enough. On a CPU with AMX
+// (Intel Xeon, 4th generation on) llama.cpp's CPU backend hands every F16 matrix whose output
+// count is a multiple of 32 to its AMX-buffer AVX-512 kernel (ggml-cpu/amx/mmq.cpp), which reads
+// 16 values of a row at a time with no tail: rows whose length is not a multiple of 16 are read
+// past their end, giving wrong logits or NaN. Its block kernels need whole blocks per row.
+// llamaCppRowMultiple() holds these rules; the fallback chain and the GGUF writer follow them.
 //
 // Stored sizes (bitsPerWeight) count everything a file would hold: codes, scales, zero points,
 // second-level constants. Assumed storage types: uniform scales fp16 and zero points as n-bit
@@ -87,12 +94,20 @@ std::uint64_t storedBits(const QuantFormat& format, std::int64_t rows, std::int6
 double bitsPerWeight(const QuantFormat& format, std::int64_t rows, std::int64_t cols);
 
 // Whether `format` can encode a rows x cols tensor; the error names the fallback, e.g.
-// "Q4_K needs cols % 256 == 0; cols = 172 (fallback: f16)".
+// "Q4_K needs cols % 256 == 0; cols = 172 (fallback: f32)".
 Status checkFormatFits(const QuantFormat& format, std::int64_t rows, std::int64_t cols);
 // The nearest format that fits, as llama.cpp chooses: Q2_K/Q3_K -> Q4_0 (llama.cpp's IQ4_NL,
 // which QuantLens lacks, has the same 32-block and 4.5 bits), Q4_K -> Q5_0, Q5_K -> Q5_1,
-// Q6_K -> Q8_0, then F16 when 32 does not divide cols either. Formats that fit are returned as is.
+// Q6_K -> Q8_0. When 32 does not divide cols either: F16 if 16 divides cols, else F32.
+// (llama-quantize takes F16 there too, but llama.cpp's AMX kernel computes F16 rows whose
+// length is not a multiple of 16 wrongly: see llamaCppRowMultiple.) Formats that fit are returned
+// as is.
 QuantFormat fallbackFormat(const QuantFormat& format, std::int64_t rows, std::int64_t cols);
+
+// The multiple of which a matrix row stored as `type` must be long for llama.cpp's CPU backend to
+// compute with it correctly: the block size for block formats, 16 for F16 (AMX kernel), 1 for
+// F32 and BF16.
+std::int64_t llamaCppRowMultiple(TensorType type);
 
 // The built-in formats, for pickers and benchmarks.
 struct FormatPreset {

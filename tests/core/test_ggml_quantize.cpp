@@ -314,9 +314,13 @@ private slots:
         QTest::newRow("q4_k 64") << "q4_k" << 64 << "q5_0";
         QTest::newRow("q5_k 64") << "q5_k" << 64 << "q5_1";
         QTest::newRow("q6_k 64") << "q6_k" << 64 << "q8_0";
-        QTest::newRow("q4_k 172") << "q4_k" << 172 << "f16";
-        QTest::newRow("q6_k 172") << "q6_k" << 172 << "f16";
-        QTest::newRow("q4_0 172") << "q4_0" << 172 << "f16";
+        // 32 does not divide cols: F16 only where llama.cpp's AMX F16 kernel runs the rows
+        // (16 divides cols), else F32 (llamaCppRowMultiple).
+        QTest::newRow("q4_k 172") << "q4_k" << 172 << "f32";
+        QTest::newRow("q6_k 172") << "q6_k" << 172 << "f32";
+        QTest::newRow("q4_0 172") << "q4_0" << 172 << "f32";
+        QTest::newRow("q8_0 176") << "q8_0" << 176 << "f16";
+        QTest::newRow("q4_k 176") << "q4_k" << 176 << "f16";
         QTest::newRow("q4_k 512 fits") << "q4_k" << 512 << "q4_k";
         QTest::newRow("int4:g128 172 fits") << "int4:g128" << 172 << "int4:g128";
     }

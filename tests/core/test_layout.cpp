@@ -325,9 +325,9 @@ private slots:
         QTest::addColumn<QString>("tensor");
         QTest::addColumn<QString>("got");
         QTest::addColumn<QString>("why");  // substring of the reason; empty = no fallback
-        QTest::newRow("q4_k ffn_down -> f16") << "*=q4_k"
+        QTest::newRow("q4_k ffn_down -> f32") << "*=q4_k"
                                               << "blk.0.ffn_down.weight"
-                                              << "f16"
+                                              << "f32"
                                               << "Q4_K needs cols % 256 == 0; cols = 172";
         QTest::newRow("q4_k ffn_up -> q5_0") << "*=q4_k"
                                              << "blk.2.ffn_up.weight"
@@ -349,13 +349,13 @@ private slots:
                                              << "blk.1.attn_k.weight"
                                              << "q4_0"
                                              << "Q3_K needs cols % 256";
-        QTest::newRow("q2_k ffn_down -> f16") << "*=q2_k"
+        QTest::newRow("q2_k ffn_down -> f32") << "*=q2_k"
                                               << "blk.3.ffn_down.weight"
-                                              << "f16"
+                                              << "f32"
                                               << "cols = 172";
-        QTest::newRow("q4_0 ffn_down -> f16") << "*=q4_0"
+        QTest::newRow("q4_0 ffn_down -> f32") << "*=q4_0"
                                               << "blk.0.ffn_down.weight"
-                                              << "f16"
+                                              << "f32"
                                               << "Q4_0 needs cols % 32 == 0; cols = 172";
         QTest::newRow("q4_0 fits ffn_up") << "*=q4_0"
                                           << "blk.0.ffn_up.weight"
@@ -412,18 +412,19 @@ private slots:
         auto plan = layout->resolve(*model);
         QVERIFY(plan.ok());
         // No matrix of stories260K has rows of 256: all 37 (5 blocks x 7, embedding, output)
-        // fall back, the five ffn_down to F16 and the rest to Q5_0; the 11 norms stay F32.
+        // fall back, the five ffn_down to F32 (rows of 172: llama.cpp cannot run them as F16)
+        // and the rest to Q5_0; the 11 norms stay F32.
         QCOMPARE(plan->fallbacks.size(), std::size_t(37));
-        int toF16 = 0, toQ5 = 0, kept = 0;
+        int toF32 = 0, toQ5 = 0, kept = 0;
         for (const auto& t : plan->tensors) {
             if (t.choice == PlanChoice::KeptVector) {
                 ++kept;
                 continue;
             }
-            if (t.format == floatFormat(TensorType::F16)) ++toF16;
+            if (t.format == floatFormat(TensorType::F32)) ++toF32;
             if (t.format == ggmlFormat(TensorType::Q5_0)) ++toQ5;
         }
-        QCOMPARE(toF16, 5);
+        QCOMPARE(toF32, 5);
         QCOMPARE(toQ5, 32);
         QCOMPARE(kept, 11);
     }

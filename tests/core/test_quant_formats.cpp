@@ -950,7 +950,7 @@ private slots:
         QVERIFY(!q.ok());
         QCOMPARE(int(q.error().code), int(ErrorCode::InvalidArgument));
         QCOMPARE(QString::fromStdString(q.error().message),
-                 QString("Q4_K needs cols % 256 == 0; cols = 172 (fallback: f16)"));
+                 QString("Q4_K needs cols % 256 == 0; cols = 172 (fallback: f32)"));
         QVERIFY(!quantizeRtn(w.data(), 0, 172, mustParse("int4")).ok());
         QVERIFY(!quantizeRtn(nullptr, 4, 172, mustParse("int4")).ok());
         QuantFormat bad = mustParse("int4");
