@@ -300,6 +300,12 @@ void AppSession::requestStats(StatsChange change)
         });
 }
 
+void AppSession::setDeviceActivity(const DeviceActivity& activity)
+{
+    m_activity = activity;
+    emit deviceChanged();
+}
+
 void AppSession::detectDevice()
 {
     m_jobs->run<ql::DeviceInfo>(

@@ -24,6 +24,13 @@
 
 class JobRunner;
 
+// What a compute device is doing for the GUI: the job running on it, or what the last one held.
+struct DeviceActivity {
+    QString job;                  // "calibrating" while a job runs on `device`, else empty
+    ql::DeviceInfo device;        // where the running or last job ran (free/total at its end)
+    std::uint64_t peakBytes = 0;  // the last finished job's peak device memory (GPU runners)
+};
+
 Q_DECLARE_METATYPE(std::shared_ptr<const ql::TensorStats>)
 
 class AppSession : public QObject {
@@ -47,7 +54,8 @@ public:
     bool statsPending() const { return m_statsPending; }
     const ql::TensorStatsOptions& statsOptions() const { return m_options; }
 
-    const ql::DeviceInfo& device() const { return m_device; }
+    const ql::DeviceInfo& device() const { return m_device; }  // detected: where jobs will run
+    const DeviceActivity& deviceActivity() const { return m_activity; }
 
 public slots:
     void openModel(const QString& path);
@@ -60,6 +68,8 @@ public slots:
     // Computes the selected tensor's statistics again after they failed or were cancelled.
     void recomputeStats();
     void detectDevice();  // runs createBackend(Auto) on the worker; emits deviceChanged
+    // Jobs that run on a device say so when they start and end; emits deviceChanged.
+    void setDeviceActivity(const DeviceActivity& activity);
 
 signals:
     void loadStarted(const QString& path);
@@ -100,4 +110,5 @@ private:
     std::shared_ptr<const DecodedTensor> m_decoded;  // values of the selected tensor, if kept
     std::shared_ptr<ql::TensorStatsCache> m_cache;
     ql::DeviceInfo m_device;
+    DeviceActivity m_activity;
 };

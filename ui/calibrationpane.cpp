@@ -26,6 +26,7 @@
 #include "format.h"
 #include "jobrunner.h"
 #include "model/llama.h"
+#include "model/llama_runner.h"
 #include "model/tokenizer.h"
 #include "session/session.h"
 
@@ -33,6 +34,50 @@ namespace {
 
 const QString kCalibrateTag = QStringLiteral("calibrate");
 const QString kSessionTag = QStringLiteral("session");
+
+// A finished calibration and where it ran.
+struct CalibrationRun {
+    ql::CalibrationResult result;
+    ql::DeviceInfo device;        // free/total memory as the run ended
+    std::uint64_t peakBytes = 0;  // the GPU runner's peak memory
+    std::string gpuFailure;       // why the GPU was given up for the CPU, if it was
+};
+
+// On the worker: the GPU when there is one (the CUDA runner in float32, which matches the CPU
+// reference to rounding), else LlamaModel on the CPU; a GPU failure (out of memory, a driver
+// error) runs the calibration again on the CPU.
+ql::Result<CalibrationRun> runCalibration(const ql::Model& model,
+                                          const ql::CalibrationConfig& config,
+                                          const ql::ProgressFn& progress)
+{
+    auto llama = ql::LlamaModel::create(model);
+    if (!llama) return llama.error();
+    auto tokenizer = ql::Tokenizer::create(model);
+    if (!tokenizer) return tokenizer.error();
+    CalibrationRun run;
+    auto backend = ql::createBackend(ql::BackendKind::Auto);
+    if (backend && (*backend)->device().isGpu) {
+        auto runner = ql::createLlamaRunner(**backend, *llama, ql::Precision::Float32);
+        if (runner) {
+            auto r = ql::calibrate(**runner, **tokenizer, config, progress);
+            if (r) {
+                run.result = std::move(r).value();
+                run.device = (*runner)->device();
+                run.peakBytes = (*runner)->peakMemoryBytes();
+                return run;
+            }
+            if (r.error().code == ql::ErrorCode::Cancelled) return r.error();
+            run.gpuFailure = r.error().message;
+        } else {
+            run.gpuFailure = runner.error().message;
+        }
+    }
+    run.device = ql::createCpuBackend()->device();
+    auto r = ql::calibrate(*llama, **tokenizer, config, progress, run.device.name);
+    if (!r) return r.error();
+    run.result = std::move(r).value();
+    return run;
+}
 
 QString dataDir()
 {
@@ -238,41 +283,48 @@ void CalibrationPane::startCalibration(const ql::CalibrationConfig& config)
     m_progress->setValue(0);
     m_progressText->setText(tr("Preparing the model…"));
 
-    // LlamaModel's forward pass runs on the CPU (Eigen) whatever the detected device is.
-    const std::string device = "CPU";
-    JobRunner::Work<ql::CalibrationResult> work =
-        [model, config,
-         device](const ql::ProgressFn& progress) -> ql::Result<ql::CalibrationResult> {
-        auto llama = ql::LlamaModel::create(*model);
-        if (!llama) return llama.error();
-        auto tokenizer = ql::Tokenizer::create(*model);
-        if (!tokenizer) return tokenizer.error();
-        return ql::calibrate(*llama, **tokenizer, config, progress, device);
+    DeviceActivity activity;
+    activity.job = tr("calibrating");
+    activity.device = m_session->device();
+    m_session->setDeviceActivity(activity);
+    JobRunner::Work<CalibrationRun> work = [model, config](const ql::ProgressFn& progress) {
+        return runCalibration(*model, config, progress);
     };
-    m_jobs->run(kCalibrateTag, this, std::move(work),
-                [this](ql::Result<ql::CalibrationResult> result) {
-                    setRunning(false);
-                    if (!result) {
-                        const bool cancelled = result.error().code == ql::ErrorCode::Cancelled;
-                        const QString message = QString::fromStdString(result.error().message);
-                        m_progress->setValue(0);
-                        m_progressText->setText(cancelled ? tr("Cancelled; nothing was changed.")
-                                                          : tr("Failed: %1").arg(message));
-                        emit calibrationFinished(false, message);
-                        return;
-                    }
-                    m_progress->setValue(m_progress->maximum());
-                    const double seconds = result->seconds;
-                    const double rate = seconds > 0 ? double(result->tokens) / seconds : 0;
-                    m_progressText->setText(tr("Done: %1 tokens in %2 (%3 tokens/s)")
-                                                .arg(human::count(result->tokens))
-                                                .arg(durationText(seconds))
-                                                .arg(human::number(rate, 3)));
-                    m_state->setResult(
-                        std::make_shared<const ql::CalibrationResult>(std::move(result).value()),
-                        tr("calibration run"));
-                    emit calibrationFinished(true, {});
-                });
+    m_jobs->run(kCalibrateTag, this, std::move(work), [this](ql::Result<CalibrationRun> run) {
+        setRunning(false);
+        DeviceActivity done;
+        if (run) {
+            done.device = run->device;
+            done.peakBytes = run->peakBytes;
+        }
+        m_session->setDeviceActivity(done);
+        if (!run) {
+            const bool cancelled = run.error().code == ql::ErrorCode::Cancelled;
+            const QString message = QString::fromStdString(run.error().message);
+            m_progress->setValue(0);
+            m_progressText->setText(cancelled ? tr("Cancelled; nothing was changed.")
+                                              : tr("Failed: %1").arg(message));
+            emit calibrationFinished(false, message);
+            return;
+        }
+        m_progress->setValue(m_progress->maximum());
+        ql::CalibrationResult& result = run->result;
+        const double seconds = result.seconds;
+        const double rate = seconds > 0 ? double(result.tokens) / seconds : 0;
+        QString text = tr("Done on %1: %2 tokens in %3 (%4 tokens/s)")
+                           .arg(QString::fromStdString(result.device))
+                           .arg(human::count(result.tokens))
+                           .arg(durationText(seconds))
+                           .arg(human::number(rate, 3));
+        if (!run->gpuFailure.empty())
+            text += tr(". The GPU failed (%1), so this ran on the CPU.")
+                        .arg(QString::fromStdString(run->gpuFailure));
+        m_progressText->setText(text);
+        m_progressText->setToolTip(text);
+        m_state->setResult(std::make_shared<const ql::CalibrationResult>(std::move(result)),
+                           tr("calibration run"));
+        emit calibrationFinished(true, {});
+    });
 }
 
 void CalibrationPane::cancel()

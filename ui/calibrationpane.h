@@ -1,10 +1,12 @@
 // The calibration pane: which text runs through the model and how (files, samples, sequence
 // length, seed, window placement, Hessian precision), and the run itself. The parameters are
 // copied into a ql::CalibrationConfig before the "calibrate" job starts on the JobRunner; the job
-// builds the forward model and tokenizer and calls ql::calibrate. Only a finished run replaces
-// CalibrationState's result, so a cancelled or failed run leaves the previous one untouched.
-// Sessions are written and read on the worker too ("session" job); reading one checks that the
-// open model is the one it was made with.
+// builds the forward model and tokenizer and calls ql::calibrate, on a GPU runner when a GPU is
+// present (falling back to the CPU if it fails), and the pane says which device ran it; the
+// status bar shows the device while the job runs (AppSession::deviceActivity). Only a finished run
+// replaces CalibrationState's result, so a cancelled or failed run leaves the previous one
+// untouched. Sessions are written and read on the worker too ("session" job); reading one checks
+// that the open model is the one it was made with.
 #pragma once
 
 #include <QElapsedTimer>

@@ -451,9 +451,19 @@ void MainWindow::onProgress(double fraction, const QString& text)
 
 void MainWindow::onDeviceChanged()
 {
-    const ql::DeviceInfo& d = m_session->device();
+    // The device of the running job, else of the last one, else the detected one.
+    const DeviceActivity& a = m_session->deviceActivity();
+    const ql::DeviceInfo& d = a.device.name.empty() ? m_session->device() : a.device;
     QString text = tr("Device: %1").arg(QString::fromStdString(d.name));
-    if (d.isGpu && d.totalMemory) text += QStringLiteral(" (%1)").arg(human::bytes(d.totalMemory));
+    if (!a.job.isEmpty()) {
+        text += QStringLiteral(" — %1").arg(a.job);
+    } else if (d.isGpu && d.totalMemory) {
+        const std::uint64_t used = d.totalMemory > d.freeMemory ? d.totalMemory - d.freeMemory : 0;
+        text += a.peakBytes ? tr(" (last job %1 peak; %2 of %3 in use)")
+                                  .arg(human::bytes(a.peakBytes), human::bytes(used),
+                                       human::bytes(d.totalMemory))
+                            : QStringLiteral(" (%1)").arg(human::bytes(d.totalMemory));
+    }
     m_deviceLabel->setText(text);
 }
 

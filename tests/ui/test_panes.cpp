@@ -4,6 +4,7 @@
 // against the quantized scale, the format table against quantizeRtn + computeErrorMetrics).
 // With QL_PANE_SCREENSHOTS=<dir> the panes are also saved as PNG for the README.
 #include <QDockWidget>
+#include <QLabel>
 #include <QSignalSpy>
 #include <QStandardPaths>
 #include <QTableView>
@@ -431,8 +432,25 @@ void TestPanes::dockedInMainWindow()
     config.seqLen = 64;
     QSignalSpy finished(calibration, &CalibrationPane::calibrationFinished);
     calibration->startCalibration(config);
+    // Issue 5: the status bar names the device of the running job, then where it ran.
+    auto* deviceLabel = window.findChild<QLabel*>(QStringLiteral("deviceLabel"));
+    QVERIFY(deviceLabel);
+    QVERIFY2(deviceLabel->text().contains(QStringLiteral("calibrating")),
+             qPrintable(deviceLabel->text()));
     QTRY_COMPARE_WITH_TIMEOUT(finished.count(), 1, kSlow);
     QVERIFY(finished.at(0).at(0).toBool());
+    const std::string ranOn = session->deviceActivity().device.name;
+    QVERIFY(!ranOn.empty());
+    QVERIFY(session->deviceActivity().job.isEmpty());
+    QVERIFY2(!deviceLabel->text().contains(QStringLiteral("calibrating")) &&
+                 deviceLabel->text().contains(QString::fromStdString(ranOn)),
+             qPrintable(deviceLabel->text()));
+    QVERIFY(state->result() && state->result()->device.rfind(ranOn, 0) == 0);
+    auto* progressText = calibration->findChild<QLabel*>(QStringLiteral("calibrationProgressText"));
+    QVERIFY(progressText);
+    QVERIFY2(progressText->text().startsWith(
+                 QStringLiteral("Done on %1").arg(QString::fromStdString(state->result()->device))),
+             qPrintable(progressText->text()));
     session->selectTensor(QStringLiteral("blk.3.ffn_up.weight"));
     QCOMPARE(activations->currentProbe(), QStringLiteral("blk.3.ffn_gate_up"));
     QTRY_VERIFY_WITH_TIMEOUT(grids->drawnGrid() && !grids->gridPending(), kSlow);
