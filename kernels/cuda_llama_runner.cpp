@@ -113,6 +113,7 @@ private:
         return stats.add(static_cast<const float*>(in.data), in.rows, sequences, in.firstSample);
     }
     void releaseStats();
+    void accountStatsMemory();
 
     // Declared first: destroyed after every buffer below.
     std::shared_ptr<CudaContext> m_ctx;
@@ -514,6 +515,7 @@ Status CudaLlamaRunner::forward(std::span<const std::int32_t> tokens, std::int64
         }
         QL_TRY_STATUS(runHead(rows, T, onLogits));
         QL_TRY_STATUS(m_ctx->synchronize());
+        if (m_statsEnabled) accountStatsMemory();
         if (!reportProgress(progress, 1.0, "forward"))
             return makeError(ErrorCode::Cancelled, "the forward pass was cancelled");
         return {};
@@ -580,6 +582,16 @@ Result<std::vector<ActivationStats>> CudaLlamaRunner::takeStats()
 void CudaLlamaRunner::disableStats()
 {
     if (m_ctx->activate()) releaseStats();
+}
+
+// The statistics' scratch grows with the rows of a forward: count what they hold now.
+void CudaLlamaRunner::accountStatsMemory()
+{
+    std::uint64_t bytes = 0;
+    for (const DeviceStats& s : m_stats) bytes += s.deviceBytes();
+    m_memory.remove(m_statsBytes);
+    m_memory.add(bytes);
+    m_statsBytes = bytes;
 }
 
 void CudaLlamaRunner::releaseStats()
