@@ -950,10 +950,9 @@ Status DeviceStats::downloadParts(DeviceStatsParts& out) const
         }
     }
     if (m.config.hessian == HessianMode::Float32) {
-        std::vector<float> h(c * c);
-        QL_CUDA_TRY(cudaMemcpy(h.data(), m.hessian32.get(), h.size() * sizeof(float),
-                               cudaMemcpyDeviceToHost));
-        out.hessianValues.assign(h.begin(), h.end());
+        out.hessianValues32.resize(c * c);
+        QL_CUDA_TRY(cudaMemcpy(out.hessianValues32.data(), m.hessian32.get(),
+                               out.hessianValues32.size() * sizeof(float), cudaMemcpyDeviceToHost));
     } else if (m.config.hessian == HessianMode::Float64) {
         out.hessianValues.resize(c * c);
         QL_CUDA_TRY(cudaMemcpy(out.hessianValues.data(), m.hessian64.get(),

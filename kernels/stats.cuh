@@ -80,7 +80,8 @@ struct DeviceStatsParts {
     std::vector<std::uint64_t> counts;
     std::vector<Top> top;  // by descending |value|
     HessianMode hessian = HessianMode::None;
-    std::vector<double> hessianValues;  // channels × channels
+    std::vector<double> hessianValues;   // channels × channels, Float64
+    std::vector<float> hessianValues32;  // channels × channels, Float32 (copied as is)
 };
 
 class DeviceStats {

@@ -104,6 +104,7 @@ Result<std::vector<float>> hessianOf(const std::vector<float>& x, std::int64_t r
     }
     DeviceStatsParts parts;
     QL_TRY_STATUS(stats->downloadParts(parts));
+    if (!parts.hessianValues32.empty()) return std::move(parts.hessianValues32);
     return std::vector<float>(parts.hessianValues.begin(), parts.hessianValues.end());
 }
 
@@ -130,6 +131,11 @@ Result<ActivationStats> DeviceStats::download() const
     std::vector<TopActivation> top;
     top.reserve(parts.top.size());
     for (const auto& t : parts.top) top.push_back({t.value, t.channel, t.sample, t.position});
+    if (parts.hessian == HessianMode::Float32)
+        return ActivationStats::fromParts(parts.channels, parts.tokens, std::move(parts.absMax),
+                                          std::move(parts.sumAbs), std::move(parts.sumSquare),
+                                          std::move(hist), std::move(top),
+                                          std::move(parts.hessianValues32), parts.topK);
     return ActivationStats::fromParts(parts.channels, parts.tokens, std::move(parts.absMax),
                                       std::move(parts.sumAbs), std::move(parts.sumSquare),
                                       std::move(hist), std::move(top), precisionOf(parts.hessian),

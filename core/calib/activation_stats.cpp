@@ -194,6 +194,19 @@ ActivationStats ActivationStats::fromParts(std::int32_t channels, std::int64_t t
     return s;
 }
 
+ActivationStats ActivationStats::fromParts(std::int32_t channels, std::int64_t tokens,
+                                           std::vector<float> absMax, std::vector<double> sumAbs,
+                                           std::vector<double> sumSq, SymmetricHistogram hist,
+                                           std::vector<TopActivation> top,
+                                           std::vector<float> hessianF32, int topK)
+{
+    ActivationStats s =
+        fromParts(channels, tokens, std::move(absMax), std::move(sumAbs), std::move(sumSq),
+                  std::move(hist), std::move(top), HessianPrecision::Float32, {}, topK);
+    s.m_hessianF32 = std::move(hessianF32);
+    return s;
+}
+
 const char* rangeMethodName(RangeMethod method)
 {
     switch (method) {

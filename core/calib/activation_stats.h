@@ -66,6 +66,13 @@ public:
                                      std::vector<double> sumSq, SymmetricHistogram hist,
                                      std::vector<TopActivation> top, HessianPrecision precision,
                                      std::vector<double> hessian, int topK);
+    // The same with a float32 Hessian kept as is (precision Float32; no double copy of a
+    // channels² matrix, which for a GPU download of every probe of an 8B model is gigabytes).
+    static ActivationStats fromParts(std::int32_t channels, std::int64_t tokens,
+                                     std::vector<float> absMax, std::vector<double> sumAbs,
+                                     std::vector<double> sumSq, SymmetricHistogram hist,
+                                     std::vector<TopActivation> top, std::vector<float> hessianF32,
+                                     int topK);
 
 private:
     void growRange(double needed);
