@@ -5,6 +5,8 @@
 # order of importance and are skipped when the time budget (QL_BUDGET seconds, default 480) would
 # be exceeded. Logs in $OUT. Carry [".device", ".cache"] (packaging/device-stage.sh,
 # packaging/device-qt-bundle.sh):   run: bash tests/bench/device_all.sh
+# The GPU machine's image has no Qt: the Qt Test executables build against the carried bundle,
+# whose libraries (ICU, glib, ...) are put on the library path only for the build and the tests.
 set -u
 cd "$(dirname "$0")/../.."
 start=$SECONDS; budget=${QL_BUDGET:-480}
