@@ -676,12 +676,20 @@ Result<GgufWriteReport> exportGguf(const Model& model, const Layout& layout,
     auto plan = layout.resolve(model);
     if (!plan) return plan.error();
     QL_TRY_STATUS(checkMethodsAvailable(layout, *plan));
+    QuantizeOptions quantizeOptions = options.quantize;
+    AwqTransform awq;
+    if (usesAwq(*plan) && !quantizeOptions.awq) {
+        auto t = computeAwqTransform(model, *plan, calibration, quantizeOptions.threads);
+        if (!t) return t.error();
+        awq = std::move(t).value();
+        quantizeOptions.awq = &awq;
+    }
     std::optional<TensorQuantization> current;
     const LayoutPlan& p = *plan;
     TensorSource source = [&](std::size_t i,
                               const ProgressFn& inner) -> Result<const TensorQuantization*> {
         current.reset();  // free the previous tensor before making the next
-        auto t = quantizeTensor(model, p.tensors[i], calibration, options.quantize, inner);
+        auto t = quantizeTensor(model, p.tensors[i], calibration, quantizeOptions, inner);
         if (!t) return t.error();
         current = std::move(t).value();
         return &*current;

@@ -77,6 +77,10 @@ Result<SequentialQuantization> quantizeModelSequential(const Model& model, Llama
     auto plan = layout.resolve(model);
     if (!plan) return plan.error();
     QL_TRY_STATUS(checkMethodsAvailable(layout, *plan));
+    if (usesAwq(*plan))
+        return makeError(ErrorCode::Unsupported,
+                         "awq is not done true-sequentially: calibrate first (a session) and "
+                         "quantize with it");
     if (windows.empty()) return makeError(ErrorCode::InvalidArgument, "no calibration windows");
     std::int64_t totalTokens = 0, longest = 0;
     for (const auto& w : windows) {

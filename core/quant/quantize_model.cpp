@@ -40,10 +40,9 @@ Status checkMethodsAvailable(const Layout& layout, const LayoutPlan& plan)
                                  describeRule(layout, p.rule) + ": " + o.error().message);
             continue;
         }
-        return makeError(ErrorCode::Unsupported,
-                         describeRule(layout, p.rule) + " asks for " + quantMethodName(p.method) +
-                             " (first on " + p.name +
-                             "), which is not implemented yet; rtn and gptq quantize for now");
+        if (auto o = parseAwqOptions(p.methodOptions); !o)
+            return makeError(ErrorCode::InvalidArgument,
+                             describeRule(layout, p.rule) + ": " + o.error().message);
     }
     return {};
 }
@@ -124,6 +123,26 @@ std::string gptqSummary(const TensorReport& report)
     return s;
 }
 
+std::string awqSummary(const TensorReport& report)
+{
+    if (!report.awq) return {};
+    const AwqReport& a = *report.awq;
+    char buf[256];
+    const double ref = report.outputError ? report.outputError->reference : 0;
+    const double rtn = ref > 0 ? a.rtnError / ref : a.rtnError;
+    const double awq = report.outputError ? report.outputError->relative
+                                          : (ref > 0 ? a.awqError / ref : a.awqError);
+    std::snprintf(buf, sizeof buf, ": alpha %.2f, output error %.3e vs rtn %.3e%s (%+.1f%%)",
+                  a.alpha, awq, rtn, ref > 0 ? " (relative)" : "",
+                  rtn > 0 ? 100.0 * (awq / rtn - 1.0) : 0.0);
+    std::string s = report.plan.name + " " + formatToString(report.plan.format) + buf;
+    if (a.options.clip) {
+        std::snprintf(buf, sizeof buf, ", mean clip %.3f", a.meanClip);
+        s += buf;
+    }
+    return s;
+}
+
 const TensorQuantization* QuantizedModel::find(std::string_view name) const
 {
     for (const auto& t : tensors)
@@ -153,9 +172,6 @@ Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& 
     const auto start = std::chrono::steady_clock::now();
     const TensorInfo* info = model.find(plan.name);
     if (!info) return makeError(ErrorCode::InvalidArgument, "the model has no tensor " + plan.name);
-    if (plan.method != QuantMethod::Rtn && plan.method != QuantMethod::Gptq)
-        return makeError(ErrorCode::Unsupported, plan.name + ": " + quantMethodName(plan.method) +
-                                                     " is not implemented yet (rtn, gptq)");
     GptqOptions gptqOptions;
     if (plan.method == QuantMethod::Gptq) {
         auto o = parseGptqOptions(plan.methodOptions);
@@ -176,7 +192,18 @@ Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& 
 
     auto decoded = dequantizeTensor(model, *info);
     if (!decoded) return decoded.error();
+    const AwqTensorPlan* awq = options.awq ? options.awq->find(plan.name) : nullptr;
+    if (awq) awq->apply(*decoded, plan.rows, plan.cols);
     const std::vector<float>& ref = *decoded;
+    if (plan.method == QuantMethod::Awq && options.awq && (!awq || !awq->quantize)) {
+        auto it = options.awq->notes.find(plan.name);
+        const std::string why = it != options.awq->notes.end()
+                                    ? it->second
+                                    : (plan.format.kind == QuantKind::Float
+                                           ? "awq does nothing for a float format: converted"
+                                           : "awq does not scale this tensor: quantized with rtn");
+        rep.note = rep.note.empty() ? why : rep.note + "; " + why;
+    }
 
     const ProbeStats* probe = nullptr;
     if (calibration && !rep.probe.empty()) {
@@ -190,11 +217,25 @@ Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& 
             rep.note = "no calibration probe " + rep.probe;
         }
     }
+    // The Hessian of the tensor's input as AWQ's scales leave it: diag(1/s) H diag(1/s).
+    std::vector<double> scaledHessian;
+    auto hessianOf = [&]() -> std::vector<double> {
+        std::vector<double> h = probe->stats.hessian();
+        if (awq && !awq->colMul.empty() && plan.rows > 0)
+            for (std::int64_t i = 0; i < plan.cols; ++i)
+                for (std::int64_t j = 0; j < plan.cols; ++j)
+                    h[std::size_t(i * plan.cols + j)] /=
+                        double(awq->colMul[std::size_t(i)]) * double(awq->colMul[std::size_t(j)]);
+        return h;
+    };
+    if (probe && probe->stats.hessianPrecision() != HessianPrecision::None &&
+        (options.hessianError || (awq && awq->quantize && awq->options.clip)))
+        scaledHessian = hessianOf();
 
     QuantizedTensor& q = out.quantized;
     const bool sameStorage =
         (plan.format.kind == QuantKind::Float || plan.format.kind == QuantKind::Ggml) &&
-        plan.format.type == info->type;
+        plan.format.type == info->type && !awq;
     if (sameStorage) {
         const auto bytes = model.data(*info);
         q.format = plan.format;
@@ -231,6 +272,28 @@ Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& 
             gr.seconds = g->seconds;
             rep.gptq = std::move(gr);
             q = std::move(g->quantized);
+        } else if (awq && awq->quantize && plan.method == QuantMethod::Awq) {
+            std::vector<float> clip;
+            auto encoded = quantizeAwqScaled(ref.data(), plan.rows, plan.cols, plan.format,
+                                             scaledHessian, awq->options, options.threads, &clip);
+            if (!encoded) {
+                Error e = encoded.error();
+                e.message = plan.name + ": " + e.message;
+                return e;
+            }
+            q = std::move(encoded).value();
+            AwqReport ar;
+            ar.options = awq->options;
+            ar.group = awq->group;
+            ar.alpha = awq->alpha;
+            ar.rtnError = awq->rtnError;
+            ar.awqError = awq->awqError;
+            if (!clip.empty()) {
+                double sum = 0;
+                for (float c : clip) sum += c;
+                ar.meanClip = sum / double(clip.size());
+            }
+            rep.awq = ar;
         } else {
             if (plan.method == QuantMethod::Gptq) {
                 const std::string why =
@@ -256,9 +319,8 @@ Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& 
     auto metrics = computeErrorMetrics(ref, *approx);
     if (!metrics) return metrics.error();
     rep.metrics = *metrics;
-    if (probe && options.hessianError &&
-        probe->stats.hessianPrecision() != HessianPrecision::None) {
-        auto err = hessianWeightedError(ref, *approx, plan.rows, plan.cols, probe->stats.hessian());
+    if (probe && options.hessianError && !scaledHessian.empty()) {
+        auto err = hessianWeightedError(ref, *approx, plan.rows, plan.cols, scaledHessian);
         if (!err) return err.error();
         rep.outputError = *err;
     }
@@ -277,6 +339,14 @@ Result<QuantizedModel> quantizeModel(const Model& model, const Layout& layout,
     if (!plan) return plan.error();
     QL_TRY_STATUS(checkMethodsAvailable(layout, *plan));
     QL_TRY_STATUS(checkGptqCalibration(model, *plan, calibration));
+    QuantizeOptions opts = options;
+    AwqTransform awq;
+    if (usesAwq(*plan) && !opts.awq) {
+        auto t = computeAwqTransform(model, *plan, calibration, options.threads);
+        if (!t) return t.error();
+        awq = std::move(t).value();
+        opts.awq = &awq;
+    }
 
     QuantizedModel out;
     out.layout = layout.toString();
@@ -293,7 +363,7 @@ Result<QuantizedModel> quantizeModel(const Model& model, const Layout& layout,
                 inner = [&](double f, std::string_view) {
                     return progress(total > 0 ? (done + f * n) / total : 1.0, p.name);
                 };
-            auto t = quantizeTensor(model, p, calibration, options, inner);
+            auto t = quantizeTensor(model, p, calibration, opts, inner);
             if (!t) return t.error();
             out.tensors.push_back(std::move(t).value());
             done += n;

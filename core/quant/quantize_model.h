@@ -1,6 +1,7 @@
 // Applying a Layout to a whole model: every tensor is decoded to float, quantized with the format
 // and method its plan names (rtn, or gptq with the Hessian of the tensor's input from the
-// calibration, quant/gptq.h; awq rules are refused as not implemented yet before any work starts)
+// calibration, quant/gptq.h, or awq, quant/awq.h: its scales are searched for the whole model
+// first, and the folded norms and ffn_up tensors come out among the model's tensors)
 // and measured against the source: MSE, SQNR, max |error| and, when a calibration session holds a
 // Hessian for the tensor's input, the output error tr(dW H dW^T) (error_metrics.h).
 //
@@ -31,6 +32,7 @@
 #include "calib/calibration.h"
 #include "layout/layout.h"
 #include "model/model.h"
+#include "quant/awq.h"
 #include "quant/error_metrics.h"
 #include "quant/format.h"
 #include "quant/gptq.h"
@@ -54,6 +56,20 @@ struct QuantizeOptions {
     bool useImportance = true;  // importance weights from the calibration, when given
     bool hessianError = true;   // compute tr(dW H dW^T) when the calibration has Hessians
     TensorObserver* observer = nullptr;
+    // AWQ's scales and folds (computeAwqTransform); quantizeModel and the GGUF writer fill it in
+    // when the layout has awq rules. A tensor it names is transformed before quantization (and
+    // re-encoded even when its storage type is kept: a folded norm is written as its new F32).
+    const AwqTransform* awq = nullptr;
+};
+
+// What AWQ reported for one tensor it scaled.
+struct AwqReport {
+    AwqOptions options;
+    std::string group;    // the input probe whose layers were scaled together
+    double alpha = 0;     // the chosen exponent
+    double rtnError = 0;  // tr(dW H dW^T) for rtn
+    double awqError = 0;  // the same for AWQ at alpha, before clipping
+    double meanClip = 1;  // mean per-row clip ratio (1 without clip)
 };
 
 // What GPTQ reported for one tensor (quant/gptq.h's GptqResult without the data).
@@ -80,6 +96,7 @@ struct TensorReport {
     double seconds = 0;
     std::string note;                // e.g. why the calibration could not be used for this tensor
     std::optional<GptqReport> gptq;  // when GPTQ quantized the tensor
+    std::optional<AwqReport> awq;    // when AWQ scaled and quantized the tensor
 };
 
 struct TensorQuantization {
@@ -103,11 +120,15 @@ struct QuantizedModel {
 // dead columns. "" when GPTQ did not run.
 std::string gptqSummary(const TensorReport& report);
 
+// One line on a tensor AWQ quantized: name, format, alpha, output error of rtn and AWQ (relative
+// to tr(W H W^T) when known). "" when AWQ did not run.
+std::string awqSummary(const TensorReport& report);
+
 // The calibration probe feeding a tensor ("blk.3.attn_qkv"), or "" for tensors without one.
 std::string inputProbeName(const TensorInfo& tensor);
 
-// Unsupported when a plan entry asks for a method that is not implemented yet (awq);
-// InvalidArgument for gptq options parseGptqOptions refuses (naming the rule).
+// InvalidArgument for gptq / awq options parseGptqOptions / parseAwqOptions refuse (naming the
+// rule).
 Status checkMethodsAvailable(const Layout& layout, const LayoutPlan& plan);
 
 // Whether a plan entry will run GPTQ: method gptq, a quantized format, a tensor some probe feeds.

@@ -857,9 +857,9 @@ private slots:
         QTest::newRow("missing output folder")
             << QStringList{"{MODEL}", "--layout", "*=q4_0", "--out", "/nonexistent/x.gguf"} << 2
             << "does not exist";
-        QTest::newRow("awq not yet")
+        QTest::newRow("awq without calibration")
             << QStringList{"{MODEL}", "--layout", "*=int4:g64:awq", "--out", "{OUT}"} << 2
-            << "not implemented yet";
+            << "awq needs the Hessian of its input blk.0.attn_qkv";
         QTest::newRow("gptq without calibration")
             << QStringList{"{MODEL}", "--layout", "*=int4:g64:gptq", "--out", "{OUT}"} << 2
             << "gptq needs the Hessian of its input blk.0.attn_qkv";
