@@ -227,4 +227,15 @@ double secondsSince(std::chrono::steady_clock::time_point start)
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+// --- GptqLog -------------------------------------------------------------------------------
+
+void GptqLog::tensorDone(const ql::TensorReport& t)
+{
+    if (!t.gptq) return;
+    if (m_clear) m_clear();
+    for (const auto& raise : t.gptq->dampRaises)
+        std::fprintf(stderr, "gptq: %s: %s\n", t.plan.name.c_str(), raise.c_str());
+    std::fprintf(stderr, "gptq: %s\n", ql::gptqSummary(t).c_str());
+}
+
 }  // namespace qlcli

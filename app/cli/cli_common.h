@@ -8,6 +8,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -15,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "quant/quantize_model.h"
 #include "util/progress.h"
 
 namespace qlcli {
@@ -111,6 +113,17 @@ extern const std::string_view kGenerateHelp;
 extern const std::string_view kBenchHelp;
 extern const std::string_view kCalibrateHelp;
 extern const std::string_view kEvalHelp;
+
+// Prints each GPTQ tensor's loss against rtn's, and every raise of its dampening, to stderr
+// (quantize and eval); `clearProgress` wipes a progress line first.
+class GptqLog final : public ql::TensorObserver {
+public:
+    explicit GptqLog(std::function<void()> clearProgress) : m_clear(std::move(clearProgress)) {}
+    void tensorDone(const ql::TensorReport& t) override;
+
+private:
+    std::function<void()> m_clear;
+};
 
 }  // namespace qlcli
 

@@ -49,23 +49,6 @@ options:
 
 namespace {
 
-// Prints each GPTQ tensor's loss against rtn's, and every raise of its dampening, to stderr.
-class GptqLog final : public ql::TensorObserver {
-public:
-    explicit GptqLog(ProgressLine& progress) : m_progress(progress) {}
-    void tensorDone(const ql::TensorReport& t) override
-    {
-        if (!t.gptq) return;
-        m_progress.finish();
-        for (const auto& raise : t.gptq->dampRaises)
-            std::fprintf(stderr, "gptq: %s: %s\n", t.plan.name.c_str(), raise.c_str());
-        std::fprintf(stderr, "gptq: %s\n", ql::gptqSummary(t).c_str());
-    }
-
-private:
-    ProgressLine& m_progress;
-};
-
 // "" when every gptq tensor of the layout can get its Hessian (from the session, or from on-the-fly
 // calibration), else the error to show.
 std::string checkGptqInput(const ql::Model& model, const ql::Layout& layout,
@@ -204,7 +187,7 @@ int runEval(Args args)
         if (auto gptq = checkGptqInput(*model, *layout, calib, !calibTexts.empty()); !gptq.empty())
             return fail(gptq);
         ql::QuantizeOptions quantizeOptions;
-        GptqLog gptqLog(progress);
+        GptqLog gptqLog([&progress] { progress.finish(); });
         quantizeOptions.observer = &gptqLog;
         if (!calibTexts.empty()) {
             auto sequential = quantizeSequential(*model, **tokenizer, *layout, calibTexts,

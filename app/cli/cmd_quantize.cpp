@@ -28,6 +28,7 @@
 #include <nlohmann/json.hpp>
 
 #include "calib/calibration.h"
+#include "cli_common.h"
 #include "calib/dataset.h"
 #include "export/gguf_writer.h"
 #include "io/model_loader.h"
@@ -145,23 +146,6 @@ private:
     bool m_tty;
     int m_last = -1;
     std::string m_what;
-};
-
-// Prints each GPTQ tensor's loss against rtn's, and every raise of its dampening, to stderr.
-class GptqLog final : public ql::TensorObserver {
-public:
-    explicit GptqLog(StderrProgress& progress) : m_progress(progress) {}
-    void tensorDone(const ql::TensorReport& t) override
-    {
-        if (!t.gptq) return;
-        m_progress.finish();
-        for (const auto& raise : t.gptq->dampRaises)
-            std::fprintf(stderr, "gptq: %s: %s\n", t.plan.name.c_str(), raise.c_str());
-        std::fprintf(stderr, "gptq: %s\n", ql::gptqSummary(t).c_str());
-    }
-
-private:
-    StderrProgress& m_progress;
 };
 
 }  // namespace
@@ -310,7 +294,7 @@ int runQuantize(int argc, char** argv)
     }
 
     StderrProgress progress;
-    GptqLog gptqLog(progress);
+    qlcli::GptqLog gptqLog([&progress] { progress.finish(); });
     options.quantize.observer = &gptqLog;
     auto onProgress = [&](double f, std::string_view what) { return progress(f, what); };
     ql::Result<ql::GgufWriteReport> report = ql::Error{};
