@@ -14,9 +14,10 @@ public:
     explicit CudaBackend(std::shared_ptr<CudaContext> ctx) : m_ctx(std::move(ctx)) {}
     DeviceInfo device() const override { return m_ctx->info(); }
     Result<std::unique_ptr<ModelRunner>> createRunner(const LlamaWeightsView& weights,
-                                                      Precision precision) override
+                                                      Precision precision,
+                                                      const RunnerOptions& options) override
     {
-        return createCudaLlamaRunner(m_ctx, weights, precision);
+        return createCudaLlamaRunner(m_ctx, weights, precision, options);
     }
 
 private:

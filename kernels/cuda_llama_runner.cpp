@@ -22,8 +22,13 @@
 #include "cuda_llama_runner.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <map>
 #include <new>
+#include <optional>
+#include <system_error>
+#include <thread>
 
 #include "elementwise.cuh"
 #include "forward_ops.h"
@@ -35,6 +40,7 @@ namespace ql::cuda {
 namespace {
 
 constexpr std::size_t kStagingFloats = std::size_t(8) << 20;  // 32 MiB per upload step
+constexpr std::size_t kDownloadThreads = 8;                   // takeStats' host threads
 constexpr std::uint64_t kLogitsChunkBytes = 256ull << 20;     // logits held on the device at once
 
 // A linear-layer input as the statistics see it (see CudaLlamaRunner::onLinearInput).
@@ -53,7 +59,9 @@ class CudaLlamaRunner final : public ModelRunner {
 public:
     static Result<std::unique_ptr<ModelRunner>> create(std::shared_ptr<CudaContext> ctx,
                                                        const LlamaWeightsView& w,
-                                                       Precision precision);
+                                                       Precision precision,
+                                                       const RunnerOptions& options);
+    ~CudaLlamaRunner() override;
 
     DeviceInfo device() const override { return m_ctx->info(); }
     Precision precision() const override { return m_precision; }
@@ -66,6 +74,8 @@ public:
     void disableStats() override;
     Status replaceWeight(const std::string& name, std::span<const float> values) override;
     std::uint64_t peakMemoryBytes() const override { return m_memory.peak; }
+    std::uint64_t memoryBytes() const override { return m_memory.current; }
+    bool streamsWeights() const override { return m_streamed; }
 
 private:
     struct Block {
@@ -92,9 +102,24 @@ private:
     }
 
     Status allocateWeights();
-    Status upload(const Slot& slot, std::span<const float> values);
+    Status allocateBlock(Block& blk, const std::string& prefix);
+    Status upload(const Slot& slot, std::span<const float> values, cudaStream_t stream,
+                  DeviceBuffer<float>& staging);
     Result<Slot> find(const std::string& name);
+    // A block tensor's place in `blk` by role ("attn_q.weight"); nullopt for other names.
+    std::optional<Slot> slotIn(Block& blk, const std::string& role);
+    // Streaming: block b's weights (host view, or a replaceWeight override) into `blk`, enqueued
+    // on m_copyStream.
+    Status uploadBlock(std::int64_t b, Block& blk);
+    Status ensureResidual(std::int64_t rows);
     Status ensureActivations(std::int64_t rows);
+    // Block w (index b) over rows [r0, r0 + n) of the residual stream: n / T whole sequences,
+    // the first being calibration sample `firstSample`.
+    Status runBlock(const Block& w, int b, std::int64_t r0, std::int64_t n, std::int64_t T,
+                    std::int32_t firstSample, AttentionKernel kernel);
+    // Streaming with statistics: block b's four accumulators to the host, merged into
+    // m_hostStats, then zeroed for the next block.
+    Status collectBlockStats(std::int64_t b);
     Status ensureRope(std::int64_t seqLen);
     Status runHead(std::int64_t rows, std::int64_t seqLen, const LogitsFn& onLogits);
 
@@ -105,7 +130,9 @@ private:
     Status onLinearInput(const LinearInput& in)
     {
         if (!m_statsEnabled) return {};
-        cuda::DeviceStats& stats = m_stats[std::size_t(in.block) * 4 + std::size_t(in.site)];
+        const std::size_t index = m_streamed ? std::size_t(in.site)
+                                             : std::size_t(in.block) * 4 + std::size_t(in.site);
+        cuda::DeviceStats& stats = m_stats[index];
         const std::int64_t sequences = in.rows / in.seqLen;
         if (in.type == DType::BF16)
             return stats.add(static_cast<const __nv_bfloat16*>(in.data), in.rows, sequences,
@@ -124,15 +151,31 @@ private:
     DType m_type;
     std::int64_t m_qDim, m_kvDim, m_qkvDim;
     bool m_statsEnabled = false;
-    std::vector<DeviceStats> m_stats;  // blocks * 4 while enabled
+    std::vector<DeviceStats> m_stats;  // blocks * 4 while enabled (streaming: one block's 4)
+    std::vector<std::optional<ActivationStats>> m_hostStats;  // streaming: blocks * 4
+    RunnerStatsOptions m_statsOptions;
+    HessianPrecision m_statsHessian = HessianPrecision::None;
+    std::vector<DownloadLane> m_lanes;  // takeStats' download threads, kept for the next call
     std::uint64_t m_statsBytes = 0;    // their device memory, counted in m_memory
 
     DeviceTensor m_embd, m_output;  // m_output empty when the head is tied to m_embd
     DeviceBuffer<float> m_outputNorm;
-    std::vector<Block> m_blocks;
+    std::vector<Block> m_blocks;  // every block; streaming: two slots, block b in slot b % 2
     DeviceBuffer<float> m_staging;
 
-    std::int64_t m_rows = 0;  // rows the activation buffers hold
+    // Streaming (WeightResidency::Streamed): the host weights and replaceWeight's overrides,
+    // a copy stream, events "slot i uploaded" and "slot i no longer read".
+    bool m_streamed = false;
+    LlamaWeightsView m_host;
+    std::map<std::string, std::vector<float>> m_overrides;
+    cudaStream_t m_copyStream = nullptr;
+    cudaEvent_t m_slotReady[2] = {nullptr, nullptr};
+    cudaEvent_t m_slotFree[2] = {nullptr, nullptr};
+    DeviceBuffer<float> m_copyStaging;
+    std::int64_t m_chunkRows = 0;  // streaming: rows per block pass (whole sequences); 0: all
+
+    std::int64_t m_residualRows = 0;  // rows m_x and m_ids hold
+    std::int64_t m_rows = 0;          // rows the other activation buffers hold
     DeviceBuffer<float> m_x;
     DeviceTensor m_h, m_qkv, m_attn, m_gu, m_g;
     DeviceBuffer<std::int32_t> m_ids;
@@ -151,9 +194,49 @@ Error shapeError(const std::string& name, std::size_t have, std::size_t want)
                                                      std::to_string(want));
 }
 
+// Device bytes of the weights: {global (embedding, head, final norm), one block}.
+std::pair<std::uint64_t, std::uint64_t> weightBytes(const LlamaShape& s, DType type)
+{
+    const std::uint64_t t = dtypeSize(type);
+    const std::uint64_t dim = std::uint64_t(s.dim), ffn = std::uint64_t(s.ffnDim);
+    const std::uint64_t q = std::uint64_t(s.heads * s.headDim),
+                        kv = std::uint64_t(s.kvHeads * s.headDim);
+    const std::uint64_t global =
+        std::uint64_t(s.vocab) * dim * t * (s.tiedOutput ? 1 : 2) + dim * 4;
+    const std::uint64_t block = ((q + 2 * kv) * dim + dim * q + 3 * ffn * dim) * t + 2 * dim * 4 +
+                                (s.attentionBias ? (q + 2 * kv) * 4 : 0);
+    return {global, block};
+}
+
+// Device bytes of the activations of `rows` tokens, logits chunk and scratch included (a planning
+// figure, not an exact one).
+std::uint64_t workingBytes(const LlamaShape& s, DType type, std::int64_t rows)
+{
+    const std::uint64_t t = dtypeSize(type);
+    const std::uint64_t dim = std::uint64_t(s.dim), ffn = std::uint64_t(s.ffnDim);
+    const std::uint64_t q = std::uint64_t(s.heads * s.headDim),
+                        kv = std::uint64_t(s.kvHeads * s.headDim);
+    const std::uint64_t perRow = dim * 4 + (dim + q + 2 * kv + q + 3 * ffn) * t + 4;
+    return std::uint64_t(rows) * perRow + kLogitsChunkBytes + (std::uint64_t(512) << 20);
+}
+
+constexpr std::int64_t kStreamChunkTokens = 16384;  // rows per block pass when streaming
+
+CudaLlamaRunner::~CudaLlamaRunner()
+{
+    if (m_ctx && m_ctx->activate()) (void)m_ctx->synchronize();
+    if (m_copyStream) cudaStreamSynchronize(m_copyStream);
+    for (int i = 0; i < 2; ++i) {
+        if (m_slotReady[i]) cudaEventDestroy(m_slotReady[i]);
+        if (m_slotFree[i]) cudaEventDestroy(m_slotFree[i]);
+    }
+    if (m_copyStream) cudaStreamDestroy(m_copyStream);
+}
+
 Result<std::unique_ptr<ModelRunner>> CudaLlamaRunner::create(std::shared_ptr<CudaContext> ctx,
                                                              const LlamaWeightsView& w,
-                                                             Precision precision)
+                                                             Precision precision,
+                                                             const RunnerOptions& options)
 {
     const LlamaShape& s = w.shape;
     if (s.blocks <= 0 || s.dim <= 0 || s.ffnDim <= 0 || s.heads <= 0 || s.kvHeads <= 0 ||
@@ -163,6 +246,28 @@ Result<std::unique_ptr<ModelRunner>> CudaLlamaRunner::create(std::shared_ptr<Cud
         return makeError(ErrorCode::InvalidArgument, "weights view: inconsistent model shape");
     QL_TRY_STATUS(ctx->activate());
     std::unique_ptr<CudaLlamaRunner> r(new CudaLlamaRunner(std::move(ctx), s, precision));
+
+    // Resident or streamed: the whole model plus one batch's working set against the budget.
+    const auto [globalBytes, blockBytes] = weightBytes(s, r->m_type);
+    std::size_t freeBytes = 0, totalBytes = 0;
+    QL_CUDA_TRY(cudaMemGetInfo(&freeBytes, &totalBytes));
+    const std::uint64_t budget = options.memoryLimit > 0
+                                     ? std::min<std::uint64_t>(options.memoryLimit, freeBytes)
+                                     : std::uint64_t(freeBytes);
+    const std::uint64_t resident = globalBytes + std::uint64_t(s.blocks) * blockBytes +
+                                   workingBytes(s, r->m_type, kStreamChunkTokens);
+    r->m_streamed = options.residency == WeightResidency::Streamed ||
+                    (options.residency == WeightResidency::Auto && resident > budget);
+    if (r->m_streamed) {
+        // Whether even the streamed working set fits shows when the buffers are allocated.
+        r->m_host = w;
+        r->m_chunkRows = kStreamChunkTokens;
+        QL_CUDA_TRY(cudaStreamCreateWithFlags(&r->m_copyStream, cudaStreamNonBlocking));
+        for (int i = 0; i < 2; ++i) {
+            QL_CUDA_TRY(cudaEventCreateWithFlags(&r->m_slotReady[i], cudaEventDisableTiming));
+            QL_CUDA_TRY(cudaEventCreateWithFlags(&r->m_slotFree[i], cudaEventDisableTiming));
+        }
+    }
     try {
         QL_TRY_STATUS(r->allocateWeights());
         // Every tensor through the same name lookup replaceWeight uses.
@@ -170,7 +275,7 @@ Result<std::unique_ptr<ModelRunner>> CudaLlamaRunner::create(std::shared_ptr<Cud
             auto slot = r->find(name);
             if (!slot) return slot.error();
             if (values.size() != slot->count) return shapeError(name, values.size(), slot->count);
-            return r->upload(*slot, values);
+            return r->upload(*slot, values, r->m_ctx->stream(), r->m_staging);
         };
         QL_TRY_STATUS(put("token_embd.weight", w.tokenEmbd));
         QL_TRY_STATUS(put("output_norm.weight", w.outputNorm));
@@ -178,20 +283,30 @@ Result<std::unique_ptr<ModelRunner>> CudaLlamaRunner::create(std::shared_ptr<Cud
         for (std::int64_t b = 0; b < s.blocks; ++b) {
             const LlamaBlockView& v = w.blocks[std::size_t(b)];
             const std::string p = "blk." + std::to_string(b) + ".";
-            QL_TRY_STATUS(put(p + "attn_norm.weight", v.attnNorm));
-            QL_TRY_STATUS(put(p + "attn_q.weight", v.wq));
-            QL_TRY_STATUS(put(p + "attn_k.weight", v.wk));
-            QL_TRY_STATUS(put(p + "attn_v.weight", v.wv));
-            QL_TRY_STATUS(put(p + "attn_output.weight", v.wo));
+            auto check = [&](const std::string& role, std::span<const float> values) -> Status {
+                auto slot = r->slotIn(r->m_blocks[0], role);
+                if (slot && values.size() != slot->count)
+                    return shapeError(p + role, values.size(), slot->count);
+                return {};
+            };
+            auto each = [&](const std::string& role, std::span<const float> values) -> Status {
+                // Streaming checks the shapes now and uploads on every forward.
+                return r->m_streamed ? check(role, values) : put(p + role, values);
+            };
+            QL_TRY_STATUS(each("attn_norm.weight", v.attnNorm));
+            QL_TRY_STATUS(each("attn_q.weight", v.wq));
+            QL_TRY_STATUS(each("attn_k.weight", v.wk));
+            QL_TRY_STATUS(each("attn_v.weight", v.wv));
+            QL_TRY_STATUS(each("attn_output.weight", v.wo));
             if (s.attentionBias) {
-                QL_TRY_STATUS(put(p + "attn_q.bias", v.bq));
-                QL_TRY_STATUS(put(p + "attn_k.bias", v.bk));
-                QL_TRY_STATUS(put(p + "attn_v.bias", v.bv));
+                QL_TRY_STATUS(each("attn_q.bias", v.bq));
+                QL_TRY_STATUS(each("attn_k.bias", v.bk));
+                QL_TRY_STATUS(each("attn_v.bias", v.bv));
             }
-            QL_TRY_STATUS(put(p + "ffn_norm.weight", v.ffnNorm));
-            QL_TRY_STATUS(put(p + "ffn_gate.weight", v.gate));
-            QL_TRY_STATUS(put(p + "ffn_up.weight", v.up));
-            QL_TRY_STATUS(put(p + "ffn_down.weight", v.down));
+            QL_TRY_STATUS(each("ffn_norm.weight", v.ffnNorm));
+            QL_TRY_STATUS(each("ffn_gate.weight", v.gate));
+            QL_TRY_STATUS(each("ffn_up.weight", v.up));
+            QL_TRY_STATUS(each("ffn_down.weight", v.down));
         }
         QL_TRY_STATUS(r->m_ctx->synchronize());
         r->m_staging.release();
@@ -201,12 +316,11 @@ Result<std::unique_ptr<ModelRunner>> CudaLlamaRunner::create(std::shared_ptr<Cud
     return std::unique_ptr<ModelRunner>(std::move(r));
 }
 
-Status CudaLlamaRunner::allocateWeights()
+Status CudaLlamaRunner::allocateBlock(Block& blk, const std::string& p)
 {
     const LlamaShape& s = m_shape;
-    auto tensor = [&](DeviceTensor& t, DType type, std::int64_t count,
-                      const std::string& what) -> Status {
-        auto a = DeviceTensor::allocate(type, std::size_t(count), &m_memory, what);
+    auto tensor = [&](DeviceTensor& t, std::int64_t count, const std::string& what) -> Status {
+        auto a = DeviceTensor::allocate(m_type, std::size_t(count), &m_memory, what);
         if (!a) return a.error();
         t = std::move(a).value();
         return {};
@@ -218,29 +332,42 @@ Status CudaLlamaRunner::allocateWeights()
         v = std::move(a).value();
         return {};
     };
-    QL_TRY_STATUS(tensor(m_embd, m_type, s.vocab * s.dim, "token_embd.weight"));
-    if (!s.tiedOutput) QL_TRY_STATUS(tensor(m_output, m_type, s.vocab * s.dim, "output.weight"));
-    QL_TRY_STATUS(vector(m_outputNorm, s.dim, "output_norm.weight"));
-    m_blocks.resize(std::size_t(s.blocks));
-    for (std::int64_t b = 0; b < s.blocks; ++b) {
-        Block& blk = m_blocks[std::size_t(b)];
-        const std::string p = "blk." + std::to_string(b) + ".";
-        QL_TRY_STATUS(vector(blk.attnNorm, s.dim, p + "attn_norm.weight"));
-        QL_TRY_STATUS(vector(blk.ffnNorm, s.dim, p + "ffn_norm.weight"));
-        if (s.attentionBias) QL_TRY_STATUS(vector(blk.bqkv, m_qkvDim, p + "attn_{q,k,v}.bias"));
-        QL_TRY_STATUS(tensor(blk.wqkv, m_type, m_qkvDim * s.dim, p + "attn_{q,k,v}.weight"));
-        QL_TRY_STATUS(tensor(blk.wo, m_type, s.dim * m_qDim, p + "attn_output.weight"));
-        QL_TRY_STATUS(tensor(blk.wgu, m_type, 2 * s.ffnDim * s.dim, p + "ffn_{gate,up}.weight"));
-        QL_TRY_STATUS(tensor(blk.wdown, m_type, s.dim * s.ffnDim, p + "ffn_down.weight"));
-    }
+    QL_TRY_STATUS(vector(blk.attnNorm, s.dim, p + "attn_norm.weight"));
+    QL_TRY_STATUS(vector(blk.ffnNorm, s.dim, p + "ffn_norm.weight"));
+    if (s.attentionBias) QL_TRY_STATUS(vector(blk.bqkv, m_qkvDim, p + "attn_{q,k,v}.bias"));
+    QL_TRY_STATUS(tensor(blk.wqkv, m_qkvDim * s.dim, p + "attn_{q,k,v}.weight"));
+    QL_TRY_STATUS(tensor(blk.wo, s.dim * m_qDim, p + "attn_output.weight"));
+    QL_TRY_STATUS(tensor(blk.wgu, 2 * s.ffnDim * s.dim, p + "ffn_{gate,up}.weight"));
+    QL_TRY_STATUS(tensor(blk.wdown, s.dim * s.ffnDim, p + "ffn_down.weight"));
     return {};
 }
 
-Result<CudaLlamaRunner::Slot> CudaLlamaRunner::find(const std::string& name)
+Status CudaLlamaRunner::allocateWeights()
 {
     const LlamaShape& s = m_shape;
-    const std::size_t dim = std::size_t(s.dim), q = std::size_t(m_qDim), kv = std::size_t(m_kvDim),
-                      ffn = std::size_t(s.ffnDim);
+    auto tensor = [&](DeviceTensor& t, std::int64_t count, const std::string& what) -> Status {
+        auto a = DeviceTensor::allocate(m_type, std::size_t(count), &m_memory, what);
+        if (!a) return a.error();
+        t = std::move(a).value();
+        return {};
+    };
+    QL_TRY_STATUS(tensor(m_embd, s.vocab * s.dim, "token_embd.weight"));
+    if (!s.tiedOutput) QL_TRY_STATUS(tensor(m_output, s.vocab * s.dim, "output.weight"));
+    auto norm = DeviceBuffer<float>::allocate(std::size_t(s.dim), &m_memory, "output_norm.weight");
+    if (!norm) return norm.error();
+    m_outputNorm = std::move(norm).value();
+    m_blocks.resize(m_streamed ? 2 : std::size_t(s.blocks));
+    for (std::size_t b = 0; b < m_blocks.size(); ++b)
+        QL_TRY_STATUS(allocateBlock(m_blocks[b], m_streamed ? "streamed block slot " +
+                                                                  std::to_string(b) + ": "
+                                                            : "blk." + std::to_string(b) + "."));
+    return {};
+}
+
+std::optional<CudaLlamaRunner::Slot> CudaLlamaRunner::slotIn(Block& blk, const std::string& role)
+{
+    const std::size_t dim = std::size_t(m_shape.dim), q = std::size_t(m_qDim),
+                      kv = std::size_t(m_kvDim), ffn = std::size_t(m_shape.ffnDim);
     auto matrix = [](DeviceTensor& t, std::size_t offset, std::size_t count) {
         Slot slot;
         slot.tensor = &t;
@@ -255,34 +382,56 @@ Result<CudaLlamaRunner::Slot> CudaLlamaRunner::find(const std::string& name)
         slot.count = count;
         return slot;
     };
-    if (name == "token_embd.weight") return matrix(m_embd, 0, std::size_t(s.vocab) * dim);
-    if (name == "output_norm.weight") return vec(m_outputNorm, 0, dim);
-    if (name == "output.weight" && !s.tiedOutput)
-        return matrix(m_output, 0, std::size_t(s.vocab) * dim);
+    if (role == "attn_norm.weight") return vec(blk.attnNorm, 0, dim);
+    if (role == "ffn_norm.weight") return vec(blk.ffnNorm, 0, dim);
+    if (role == "attn_q.weight") return matrix(blk.wqkv, 0, q * dim);
+    if (role == "attn_k.weight") return matrix(blk.wqkv, q * dim, kv * dim);
+    if (role == "attn_v.weight") return matrix(blk.wqkv, (q + kv) * dim, kv * dim);
+    if (role == "attn_output.weight") return matrix(blk.wo, 0, dim * q);
+    if (role == "ffn_gate.weight") return matrix(blk.wgu, 0, ffn * dim);
+    if (role == "ffn_up.weight") return matrix(blk.wgu, ffn * dim, ffn * dim);
+    if (role == "ffn_down.weight") return matrix(blk.wdown, 0, dim * ffn);
+    if (m_shape.attentionBias) {
+        if (role == "attn_q.bias") return vec(blk.bqkv, 0, q);
+        if (role == "attn_k.bias") return vec(blk.bqkv, q, kv);
+        if (role == "attn_v.bias") return vec(blk.bqkv, q + kv, kv);
+    }
+    return std::nullopt;
+}
+
+Result<CudaLlamaRunner::Slot> CudaLlamaRunner::find(const std::string& name)
+{
+    const LlamaShape& s = m_shape;
+    const std::size_t dim = std::size_t(s.dim);
+    if (name == "token_embd.weight") {
+        Slot slot;
+        slot.tensor = &m_embd;
+        slot.count = std::size_t(s.vocab) * dim;
+        return slot;
+    }
+    if (name == "output_norm.weight") {
+        Slot slot;
+        slot.vector = &m_outputNorm;
+        slot.count = dim;
+        return slot;
+    }
+    if (name == "output.weight" && !s.tiedOutput) {
+        Slot slot;
+        slot.tensor = &m_output;
+        slot.count = std::size_t(s.vocab) * dim;
+        return slot;
+    }
     if (name.rfind("blk.", 0) == 0) {
         const std::size_t dot = name.find('.', 4);
         if (dot != std::string::npos && dot > 4) {
             const std::string index = name.substr(4, dot - 4);
-            const std::string role = name.substr(dot + 1);
             if (index.find_first_not_of("0123456789") == std::string::npos && index.size() < 9) {
                 const std::int64_t b = std::stoll(index);
-                if (b < s.blocks) {
-                    Block& blk = m_blocks[std::size_t(b)];
-                    if (role == "attn_norm.weight") return vec(blk.attnNorm, 0, dim);
-                    if (role == "ffn_norm.weight") return vec(blk.ffnNorm, 0, dim);
-                    if (role == "attn_q.weight") return matrix(blk.wqkv, 0, q * dim);
-                    if (role == "attn_k.weight") return matrix(blk.wqkv, q * dim, kv * dim);
-                    if (role == "attn_v.weight") return matrix(blk.wqkv, (q + kv) * dim, kv * dim);
-                    if (role == "attn_output.weight") return matrix(blk.wo, 0, dim * q);
-                    if (role == "ffn_gate.weight") return matrix(blk.wgu, 0, ffn * dim);
-                    if (role == "ffn_up.weight") return matrix(blk.wgu, ffn * dim, ffn * dim);
-                    if (role == "ffn_down.weight") return matrix(blk.wdown, 0, dim * ffn);
-                    if (s.attentionBias) {
-                        if (role == "attn_q.bias") return vec(blk.bqkv, 0, q);
-                        if (role == "attn_k.bias") return vec(blk.bqkv, q, kv);
-                        if (role == "attn_v.bias") return vec(blk.bqkv, q + kv, kv);
-                    }
-                }
+                // Streaming: the slot says where and how much; block b is not held there.
+                if (b < s.blocks)
+                    if (auto slot = slotIn(m_blocks[m_streamed ? 0 : std::size_t(b)],
+                                           name.substr(dot + 1)))
+                        return *slot;
             }
         }
     }
@@ -292,9 +441,9 @@ Result<CudaLlamaRunner::Slot> CudaLlamaRunner::find(const std::string& name)
             (name == "output.weight" ? " (the head is tied to token_embd.weight)" : ""));
 }
 
-Status CudaLlamaRunner::upload(const Slot& slot, std::span<const float> values)
+Status CudaLlamaRunner::upload(const Slot& slot, std::span<const float> values,
+                               cudaStream_t stream, DeviceBuffer<float>& staging)
 {
-    cudaStream_t stream = m_ctx->stream();
     if (slot.vector) {
         QL_CUDA_TRY(cudaMemcpyAsync(slot.vector->data() + slot.offset, values.data(),
                                     values.size() * sizeof(float), cudaMemcpyHostToDevice, stream));
@@ -306,18 +455,18 @@ Status CudaLlamaRunner::upload(const Slot& slot, std::span<const float> values)
                                     cudaMemcpyHostToDevice, stream));
         return {};
     }
-    if (m_staging.empty()) {
+    if (staging.empty()) {
         auto st =
             DeviceBuffer<float>::allocate(kStagingFloats, &m_memory, "the upload staging buffer");
         if (!st) return st.error();
-        m_staging = std::move(st).value();
+        staging = std::move(st).value();
     }
     // Stream order keeps the next copy into the staging buffer behind the previous conversion.
     for (std::size_t i = 0; i < values.size(); i += kStagingFloats) {
         const std::size_t n = std::min(kStagingFloats, values.size() - i);
-        QL_CUDA_TRY(cudaMemcpyAsync(m_staging.data(), values.data() + i, n * sizeof(float),
+        QL_CUDA_TRY(cudaMemcpyAsync(staging.data(), values.data() + i, n * sizeof(float),
                                     cudaMemcpyHostToDevice, stream));
-        launchFromF32(m_staging.data(), n, t.at(slot.offset + i), t.type(), stream);
+        launchFromF32(staging.data(), n, t.at(slot.offset + i), t.type(), stream);
         QL_TRY_STATUS(CudaContext::checkLaunch("weight conversion"));
     }
     return {};
@@ -332,9 +481,36 @@ Status CudaLlamaRunner::replaceWeight(const std::string& name, std::span<const f
         return makeError(ErrorCode::InvalidArgument,
                          "replacement for " + name + " has " + std::to_string(values.size()) +
                              " values, the tensor " + std::to_string(slot->count));
-    QL_TRY_STATUS(upload(*slot, values));
+    if (m_streamed && name.rfind("blk.", 0) == 0) {
+        // Uploaded with its block on every forward.
+        try {
+            m_overrides[name].assign(values.begin(), values.end());
+        } catch (const std::bad_alloc&) {
+            return makeError(ErrorCode::OutOfMemory, "out of host memory for " + name);
+        }
+        return {};
+    }
+    QL_TRY_STATUS(upload(*slot, values, m_ctx->stream(), m_staging));
     QL_TRY_STATUS(m_ctx->synchronize());
     m_staging.release();
+    return {};
+}
+
+Status CudaLlamaRunner::ensureResidual(std::int64_t rows)
+{
+    if (rows <= m_residualRows) return {};
+    m_x.release();
+    m_ids.release();
+    m_residualRows = 0;
+    auto x = DeviceBuffer<float>::allocate(std::size_t(rows * m_shape.dim), &m_memory,
+                                           "the residual stream of " + std::to_string(rows) +
+                                               " tokens");
+    if (!x) return x.error();
+    m_x = std::move(x).value();
+    auto ids = DeviceBuffer<std::int32_t>::allocate(std::size_t(rows), &m_memory, "token ids");
+    if (!ids) return ids.error();
+    m_ids = std::move(ids).value();
+    m_residualRows = rows;
     return {};
 }
 
@@ -342,13 +518,11 @@ Status CudaLlamaRunner::ensureActivations(std::int64_t rows)
 {
     if (rows <= m_rows) return {};
     // Free the old set first: a longer batch should not need both at once.
-    m_x.release();
     m_h.release();
     m_qkv.release();
     m_attn.release();
     m_gu.release();
     m_g.release();
-    m_ids.release();
     m_logits.release();
     m_attention.release();
     m_rows = 0;
@@ -361,19 +535,11 @@ Status CudaLlamaRunner::ensureActivations(std::int64_t rows)
         t = std::move(a).value();
         return {};
     };
-    auto x =
-        DeviceBuffer<float>::allocate(std::size_t(rows * s.dim), &m_memory,
-                                      "the residual stream of " + std::to_string(rows) + " tokens");
-    if (!x) return x.error();
-    m_x = std::move(x).value();
     QL_TRY_STATUS(tensor(m_h, m_type, s.dim, "normed"));
     QL_TRY_STATUS(tensor(m_qkv, m_type, m_qkvDim, "q/k/v"));
     QL_TRY_STATUS(tensor(m_attn, m_type, m_qDim, "attention output"));
     QL_TRY_STATUS(tensor(m_gu, m_type, 2 * s.ffnDim, "gate/up"));
     QL_TRY_STATUS(tensor(m_g, m_type, s.ffnDim, "SwiGLU"));
-    auto ids = DeviceBuffer<std::int32_t>::allocate(std::size_t(rows), &m_memory, "token ids");
-    if (!ids) return ids.error();
-    m_ids = std::move(ids).value();
     m_logitRows = std::clamp<std::int64_t>(
         std::int64_t(kLogitsChunkBytes / (4 * std::uint64_t(s.vocab))), 1, rows);
     auto logits =
@@ -382,6 +548,35 @@ Status CudaLlamaRunner::ensureActivations(std::int64_t rows)
     m_logits = std::move(logits).value();
     m_hostLogits = PinnedBuffer<float>();
     m_rows = rows;
+    return {};
+}
+
+Status CudaLlamaRunner::uploadBlock(std::int64_t b, Block& blk)
+{
+    const LlamaBlockView& v = m_host.blocks[std::size_t(b)];
+    const std::string p = "blk." + std::to_string(b) + ".";
+    auto put = [&](const char* role, std::span<const float> values) -> Status {
+        if (values.empty()) return {};
+        const auto o = m_overrides.find(p + role);
+        if (o != m_overrides.end()) values = o->second;
+        auto slot = slotIn(blk, role);
+        if (!slot) return makeError(ErrorCode::InvalidArgument, "no slot for " + p + role);
+        return upload(*slot, values, m_copyStream, m_copyStaging);
+    };
+    QL_TRY_STATUS(put("attn_norm.weight", v.attnNorm));
+    QL_TRY_STATUS(put("attn_q.weight", v.wq));
+    QL_TRY_STATUS(put("attn_k.weight", v.wk));
+    QL_TRY_STATUS(put("attn_v.weight", v.wv));
+    QL_TRY_STATUS(put("attn_output.weight", v.wo));
+    if (m_shape.attentionBias) {
+        QL_TRY_STATUS(put("attn_q.bias", v.bq));
+        QL_TRY_STATUS(put("attn_k.bias", v.bk));
+        QL_TRY_STATUS(put("attn_v.bias", v.bv));
+    }
+    QL_TRY_STATUS(put("ffn_norm.weight", v.ffnNorm));
+    QL_TRY_STATUS(put("ffn_gate.weight", v.gate));
+    QL_TRY_STATUS(put("ffn_up.weight", v.up));
+    QL_TRY_STATUS(put("ffn_down.weight", v.down));
     return {};
 }
 
@@ -415,6 +610,70 @@ Status CudaLlamaRunner::ensureRope(std::int64_t seqLen)
     return {};
 }
 
+Status CudaLlamaRunner::runBlock(const Block& w, int bi, std::int64_t r0, std::int64_t rows,
+                                 std::int64_t T, std::int32_t firstSample, AttentionKernel kernel)
+{
+    const LlamaShape& s = m_shape;
+    cudaStream_t stream = m_ctx->stream();
+    float* x = m_x.data() + std::size_t(r0) * std::size_t(s.dim);
+    AttentionShape as;
+    as.batch = rows / T;
+    as.seqLen = T;
+    as.heads = s.heads;
+    as.kvHeads = s.kvHeads;
+    as.headDim = s.headDim;
+    as.ld = m_qkvDim;
+    as.qOffset = 0;
+    as.kOffset = m_qDim;
+    as.vOffset = m_qDim + m_kvDim;
+    as.ldOut = m_qDim;
+    LinearInput probe;
+    probe.rows = rows;
+    probe.type = m_type;
+    probe.stream = stream;
+    probe.seqLen = T;
+    probe.firstSample = firstSample;
+    probe.block = bi;
+    auto observe = [&](int site, const void* data, std::int64_t cols) {
+        probe.site = site;
+        probe.data = data;
+        probe.cols = cols;
+        return onLinearInput(probe);
+    };
+
+    launchRmsNorm(x, rows, s.dim, w.attnNorm.data(), s.rmsNormEps, m_h.data(), m_type, stream);
+    QL_TRY_STATUS(CudaContext::checkLaunch("rmsnorm"));
+    QL_TRY_STATUS(observe(0, m_h.data(), s.dim));
+    QL_TRY_STATUS(linear(*m_ctx, m_h.data(), m_type, s.dim, w.wqkv.data(), rows, s.dim, m_qkvDim,
+                         m_qkv.data(), m_type, m_qkvDim));
+    if (s.attentionBias) {
+        launchAddBias(m_qkv.data(), m_type, rows, m_qkvDim, m_qkvDim, w.bqkv.data(), stream);
+        QL_TRY_STATUS(CudaContext::checkLaunch("bias add"));
+    }
+    launchRope(m_qkv.data(), m_type, rows, m_qkvDim, int(s.heads), int(s.headDim),
+               m_ropeCos.data(), m_ropeSin.data(), T, s.ropeHalfSplit, stream);
+    launchRope(m_qkv.at(std::size_t(m_qDim)), m_type, rows, m_qkvDim, int(s.kvHeads),
+               int(s.headDim), m_ropeCos.data(), m_ropeSin.data(), T, s.ropeHalfSplit, stream);
+    QL_TRY_STATUS(CudaContext::checkLaunch("rope"));
+    QL_TRY_STATUS(
+        causalAttention(*m_ctx, m_attention, as, m_qkv.data(), m_type, m_attn.data(), kernel));
+    QL_TRY_STATUS(observe(1, m_attn.data(), m_qDim));
+    QL_TRY_STATUS(linear(*m_ctx, m_attn.data(), m_type, m_qDim, w.wo.data(), rows, m_qDim, s.dim,
+                         x, DType::F32, s.dim, 1.0f));
+
+    launchRmsNorm(x, rows, s.dim, w.ffnNorm.data(), s.rmsNormEps, m_h.data(), m_type, stream);
+    QL_TRY_STATUS(CudaContext::checkLaunch("rmsnorm"));
+    QL_TRY_STATUS(observe(2, m_h.data(), s.dim));
+    QL_TRY_STATUS(linear(*m_ctx, m_h.data(), m_type, s.dim, w.wgu.data(), rows, s.dim,
+                         2 * s.ffnDim, m_gu.data(), m_type, 2 * s.ffnDim));
+    launchSwiglu(m_gu.data(), m_type, rows, s.ffnDim, 2 * s.ffnDim, s.ffnDim, m_g.data(), m_type,
+                 stream);
+    QL_TRY_STATUS(CudaContext::checkLaunch("swiglu"));
+    QL_TRY_STATUS(observe(3, m_g.data(), s.ffnDim));
+    return linear(*m_ctx, m_g.data(), m_type, s.ffnDim, w.wdown.data(), rows, s.ffnDim, s.dim, x,
+                  DType::F32, s.dim, 1.0f);
+}
+
 Status CudaLlamaRunner::forward(std::span<const std::int32_t> tokens, std::int64_t batch,
                                 const LogitsFn& onLogits, const ProgressFn& progress,
                                 std::int32_t firstSample)
@@ -432,9 +691,19 @@ Status CudaLlamaRunner::forward(std::span<const std::int32_t> tokens, std::int64
                              "token id " + std::to_string(tokens[t]) + " at position " +
                                  std::to_string(std::int64_t(t) % T) +
                                  " is outside the vocabulary of " + std::to_string(s.vocab));
+    // Resident: all rows through each block at once. Streaming: chunks of whole sequences, every
+    // chunk through a block before the next block's weights are needed.
+    const std::int64_t chunk =
+        m_streamed ? std::min(rows, std::max<std::int64_t>(1, m_chunkRows / T) * T) : rows;
+    auto cancelled = [&]() -> Status {
+        QL_TRY_STATUS(m_ctx->synchronize());
+        if (m_copyStream) cudaStreamSynchronize(m_copyStream);
+        return makeError(ErrorCode::Cancelled, "the forward pass was cancelled");
+    };
     try {
         QL_TRY_STATUS(m_ctx->activate());
-        QL_TRY_STATUS(ensureActivations(rows));
+        QL_TRY_STATUS(ensureResidual(rows));
+        QL_TRY_STATUS(ensureActivations(chunk));
         QL_TRY_STATUS(ensureRope(T));
         cudaStream_t stream = m_ctx->stream();
         QL_CUDA_TRY(cudaMemcpyAsync(m_ids.data(), tokens.data(),
@@ -443,75 +712,35 @@ Status CudaLlamaRunner::forward(std::span<const std::int32_t> tokens, std::int64
         launchEmbedding(m_embd.data(), m_embd.type(), m_ids.data(), rows, s.dim, m_x.data(),
                         stream);
         QL_TRY_STATUS(CudaContext::checkLaunch("embedding lookup"));
-
-        AttentionShape as;
-        as.batch = batch;
-        as.seqLen = T;
-        as.heads = s.heads;
-        as.kvHeads = s.kvHeads;
-        as.headDim = s.headDim;
-        as.ld = m_qkvDim;
-        as.qOffset = 0;
-        as.kOffset = m_qDim;
-        as.vOffset = m_qDim + m_kvDim;
-        as.ldOut = m_qDim;
         const AttentionKernel kernel = attentionKernelFromEnvironment();
-        LinearInput probe;
-        probe.rows = rows;
-        probe.type = m_type;
-        probe.stream = stream;
-        probe.seqLen = T;
-        probe.firstSample = firstSample;
-        auto observe = [&](int block, int site, const void* data, std::int64_t cols) {
-            probe.block = block;
-            probe.site = site;
-            probe.data = data;
-            probe.cols = cols;
-            return onLinearInput(probe);
-        };
 
+        if (m_streamed) {
+            // Nothing from an earlier call may still read slot 0.
+            QL_CUDA_TRY(cudaStreamSynchronize(m_copyStream));
+            QL_TRY_STATUS(uploadBlock(0, m_blocks[0]));
+            QL_CUDA_TRY(cudaEventRecord(m_slotReady[0], m_copyStream));
+        }
         for (std::int64_t b = 0; b < s.blocks; ++b) {
-            const Block& w = m_blocks[std::size_t(b)];
-            const int bi = int(b);
-            launchRmsNorm(m_x.data(), rows, s.dim, w.attnNorm.data(), s.rmsNormEps, m_h.data(),
-                          m_type, stream);
-            QL_TRY_STATUS(CudaContext::checkLaunch("rmsnorm"));
-            QL_TRY_STATUS(observe(bi, 0, m_h.data(), s.dim));
-            QL_TRY_STATUS(linear(*m_ctx, m_h.data(), m_type, s.dim, w.wqkv.data(), rows, s.dim,
-                                 m_qkvDim, m_qkv.data(), m_type, m_qkvDim));
-            if (s.attentionBias) {
-                launchAddBias(m_qkv.data(), m_type, rows, m_qkvDim, m_qkvDim, w.bqkv.data(),
-                              stream);
-                QL_TRY_STATUS(CudaContext::checkLaunch("bias add"));
+            const std::size_t slot = m_streamed ? std::size_t(b % 2) : std::size_t(b);
+            if (m_streamed) QL_CUDA_TRY(cudaStreamWaitEvent(stream, m_slotReady[slot], 0));
+            for (std::int64_t r0 = 0; r0 < rows; r0 += chunk)
+                QL_TRY_STATUS(runBlock(m_blocks[slot], int(b), r0, std::min(chunk, rows - r0), T,
+                                       firstSample + std::int32_t(r0 / T), kernel));
+            if (m_streamed) {
+                QL_CUDA_TRY(cudaEventRecord(m_slotFree[slot], stream));
+                if (b + 1 < s.blocks) {
+                    // The other slot was last read by block b - 1; the host copy overlaps block
+                    // b's compute, already queued.
+                    const std::size_t next = std::size_t((b + 1) % 2);
+                    if (b >= 1)
+                        QL_CUDA_TRY(cudaStreamWaitEvent(m_copyStream, m_slotFree[next], 0));
+                    QL_TRY_STATUS(uploadBlock(b + 1, m_blocks[next]));
+                    QL_CUDA_TRY(cudaEventRecord(m_slotReady[next], m_copyStream));
+                }
+                if (m_statsEnabled) QL_TRY_STATUS(collectBlockStats(b));
             }
-            launchRope(m_qkv.data(), m_type, rows, m_qkvDim, int(s.heads), int(s.headDim),
-                       m_ropeCos.data(), m_ropeSin.data(), T, s.ropeHalfSplit, stream);
-            launchRope(m_qkv.at(std::size_t(m_qDim)), m_type, rows, m_qkvDim, int(s.kvHeads),
-                       int(s.headDim), m_ropeCos.data(), m_ropeSin.data(), T, s.ropeHalfSplit,
-                       stream);
-            QL_TRY_STATUS(CudaContext::checkLaunch("rope"));
-            QL_TRY_STATUS(causalAttention(*m_ctx, m_attention, as, m_qkv.data(), m_type,
-                                          m_attn.data(), kernel));
-            QL_TRY_STATUS(observe(bi, 1, m_attn.data(), m_qDim));
-            QL_TRY_STATUS(linear(*m_ctx, m_attn.data(), m_type, m_qDim, w.wo.data(), rows, m_qDim,
-                                 s.dim, m_x.data(), DType::F32, s.dim, 1.0f));
-
-            launchRmsNorm(m_x.data(), rows, s.dim, w.ffnNorm.data(), s.rmsNormEps, m_h.data(),
-                          m_type, stream);
-            QL_TRY_STATUS(CudaContext::checkLaunch("rmsnorm"));
-            QL_TRY_STATUS(observe(bi, 2, m_h.data(), s.dim));
-            QL_TRY_STATUS(linear(*m_ctx, m_h.data(), m_type, s.dim, w.wgu.data(), rows, s.dim,
-                                 2 * s.ffnDim, m_gu.data(), m_type, 2 * s.ffnDim));
-            launchSwiglu(m_gu.data(), m_type, rows, s.ffnDim, 2 * s.ffnDim, s.ffnDim, m_g.data(),
-                         m_type, stream);
-            QL_TRY_STATUS(CudaContext::checkLaunch("swiglu"));
-            QL_TRY_STATUS(observe(bi, 3, m_g.data(), s.ffnDim));
-            QL_TRY_STATUS(linear(*m_ctx, m_g.data(), m_type, s.ffnDim, w.wdown.data(), rows,
-                                 s.ffnDim, s.dim, m_x.data(), DType::F32, s.dim, 1.0f));
-            if (!reportProgress(progress, double(b + 1) / double(s.blocks + 1), "forward")) {
-                QL_TRY_STATUS(m_ctx->synchronize());
-                return makeError(ErrorCode::Cancelled, "the forward pass was cancelled");
-            }
+            if (!reportProgress(progress, double(b + 1) / double(s.blocks + 1), "forward"))
+                return cancelled();
         }
         QL_TRY_STATUS(runHead(rows, T, onLogits));
         QL_TRY_STATUS(m_ctx->synchronize());
@@ -524,6 +753,27 @@ Status CudaLlamaRunner::forward(std::span<const std::int32_t> tokens, std::int64
     }
 }
 
+Status CudaLlamaRunner::collectBlockStats(std::int64_t b)
+{
+    QL_TRY_STATUS(m_ctx->synchronize());
+    if (m_lanes.empty()) {
+        auto lane = DownloadLane::create();
+        if (lane) m_lanes.push_back(std::move(lane).value());
+    }
+    DownloadLane* lane = m_lanes.empty() ? nullptr : &m_lanes[0];
+    for (std::size_t site = 0; site < 4; ++site) {
+        auto host = m_stats[site].download(lane);
+        if (!host) return host.error();
+        auto& into = m_hostStats[std::size_t(b) * 4 + site];
+        if (into)
+            QL_TRY_STATUS(into->merge(*host));
+        else
+            into = std::move(host).value();
+        QL_TRY_STATUS(m_stats[site].reset());
+    }
+    return {};
+}
+
 Status CudaLlamaRunner::enableStats(const RunnerStatsOptions& options)
 {
     QL_TRY_STATUS(m_ctx->activate());
@@ -531,9 +781,10 @@ Status CudaLlamaRunner::enableStats(const RunnerStatsOptions& options)
     const std::int64_t widths[4] = {m_shape.dim, m_qDim, m_shape.dim, m_shape.ffnDim};
     try {
         std::vector<DeviceStats> stats;
-        stats.reserve(std::size_t(m_shape.blocks) * 4);
+        const std::int64_t sets = m_streamed ? 1 : m_shape.blocks;
+        stats.reserve(std::size_t(sets) * 4);
         std::uint64_t bytes = 0;
-        for (std::int64_t b = 0; b < m_shape.blocks; ++b)
+        for (std::int64_t b = 0; b < sets; ++b)
             for (std::int64_t width : widths) {
                 auto s = DeviceStats::create(std::int32_t(width), options, m_ctx->stream(),
                                              m_ctx->blas());
@@ -541,7 +792,7 @@ Status CudaLlamaRunner::enableStats(const RunnerStatsOptions& options)
                     if (s.error().code == ErrorCode::OutOfMemory)
                         return makeError(ErrorCode::OutOfMemory,
                                          "out of GPU memory for the activation statistics of " +
-                                             std::to_string(m_shape.blocks * 4) + " probes (" +
+                                             std::to_string(sets * 4) + " probes (" +
                                              formatGiB(bytes) +
                                              " allocated when it ran out): " + s.error().message);
                     return s.error();
@@ -550,6 +801,9 @@ Status CudaLlamaRunner::enableStats(const RunnerStatsOptions& options)
                 stats.push_back(std::move(s).value());
             }
         m_stats = std::move(stats);
+        m_hostStats.assign(m_streamed ? std::size_t(m_shape.blocks) * 4 : 0, std::nullopt);
+        m_statsOptions = options;
+        m_statsHessian = options.hessian;
         m_statsBytes = bytes;
         m_memory.add(bytes);
         m_statsEnabled = true;
@@ -564,18 +818,70 @@ Result<std::vector<ActivationStats>> CudaLlamaRunner::takeStats()
     if (!m_statsEnabled)
         return makeError(ErrorCode::InvalidArgument, "takeStats: statistics are not enabled");
     QL_TRY_STATUS(m_ctx->activate());
-    try {
+    QL_TRY_STATUS(m_ctx->synchronize());
+    if (m_streamed) {
+        // Each block's statistics reached the host when the block finished.
         std::vector<ActivationStats> out;
-        out.reserve(m_stats.size());
-        for (const DeviceStats& s : m_stats) {
-            auto host = s.download();  // waits for the stream
-            if (!host) return host.error();
-            out.push_back(std::move(host).value());
+        out.reserve(m_hostStats.size());
+        for (std::size_t i = 0; i < m_hostStats.size(); ++i) {
+            if (m_hostStats[i])
+                out.push_back(std::move(*m_hostStats[i]));
+            else
+                out.emplace_back(m_stats[i % 4].channels(), m_statsHessian,
+                                 m_statsOptions.histogramBins, m_statsOptions.topK);
+            m_hostStats[i].reset();
+        }
+        return out;
+    }
+    // The Hessians are most of the bytes (5 GB for a 1B model): probes go to host threads, largest
+    // first, each with its own DownloadLane, so the copies and the host page faults run in
+    // parallel instead of one pageable cudaMemcpy at a time.
+    const std::size_t n = m_stats.size();
+    std::vector<std::size_t> order(n);
+    for (std::size_t i = 0; i < n; ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+        return m_stats[a].channels() > m_stats[b].channels();
+    });
+    const std::size_t threads =
+        std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, kDownloadThreads);
+    const std::size_t lanes = std::min(threads, n);
+    while (m_lanes.size() < lanes) {
+        auto lane = DownloadLane::create();
+        if (!lane) break;  // page-locked memory is short: fewer lanes (or plain copies) still work
+        m_lanes.push_back(std::move(lane).value());
+    }
+    std::vector<std::optional<Result<ActivationStats>>> results(n);
+    std::atomic<std::size_t> next{0};
+    auto work = [&](DownloadLane* lane) {
+        if (!m_ctx->activate()) return;
+        for (std::size_t k; (k = next.fetch_add(1)) < n;) {
+            try {
+                results[order[k]].emplace(m_stats[order[k]].download(lane));
+            } catch (const std::bad_alloc&) {
+                results[order[k]].emplace(makeError(ErrorCode::OutOfMemory,
+                                                    "out of host memory for the statistics"));
+            }
+        }
+    };
+    try {
+        std::vector<std::thread> pool;
+        for (std::size_t t = 1; t < std::max<std::size_t>(m_lanes.size(), 1); ++t)
+            pool.emplace_back(work, &m_lanes[t]);
+        work(m_lanes.empty() ? nullptr : &m_lanes[0]);
+        for (auto& t : pool) t.join();
+        std::vector<ActivationStats> out;
+        out.reserve(n);
+        for (auto& r : results) {
+            if (!r) return makeError(ErrorCode::Device, "takeStats: a download did not run");
+            if (!*r) return r->error();
+            out.push_back(std::move(*r).value());
         }
         for (DeviceStats& s : m_stats) QL_TRY_STATUS(s.reset());
         return out;
     } catch (const std::bad_alloc&) {
         return makeError(ErrorCode::OutOfMemory, "out of host memory for the statistics");
+    } catch (const std::system_error& e) {
+        return makeError(ErrorCode::Device, std::string("takeStats: ") + e.what());
     }
 }
 
@@ -599,6 +905,7 @@ void CudaLlamaRunner::releaseStats()
     // Work still queued on the stream may read the accumulators.
     (void)m_ctx->synchronize();
     m_stats.clear();
+    m_hostStats.clear();
     m_memory.remove(m_statsBytes);
     m_statsBytes = 0;
     m_statsEnabled = false;
@@ -609,9 +916,6 @@ Status CudaLlamaRunner::runHead(std::int64_t rows, std::int64_t seqLen, const Lo
     const LlamaShape& s = m_shape;
     cudaStream_t stream = m_ctx->stream();
     const DeviceTensor& head = s.tiedOutput ? m_embd : m_output;
-    launchRmsNorm(m_x.data(), rows, s.dim, m_outputNorm.data(), s.rmsNormEps, m_h.data(), m_type,
-                  stream);
-    QL_TRY_STATUS(CudaContext::checkLaunch("rmsnorm"));
     if (onLogits && m_hostLogits.size() < m_logits.size()) {
         auto p = PinnedBuffer<float>::allocate(m_logits.size());
         if (!p) return p.error();
@@ -620,8 +924,12 @@ Status CudaLlamaRunner::runHead(std::int64_t rows, std::int64_t seqLen, const Lo
     const std::size_t vocab = std::size_t(s.vocab);
     for (std::int64_t r0 = 0; r0 < rows; r0 += m_logitRows) {
         const std::int64_t n = std::min(m_logitRows, rows - r0);
-        QL_TRY_STATUS(linear(*m_ctx, m_h.at(std::size_t(r0 * s.dim)), m_type, s.dim, head.data(), n,
-                             s.dim, s.vocab, m_logits.data(), DType::F32, s.vocab));
+        // m_h holds m_rows rows (m_logitRows <= m_rows): normalise this chunk only.
+        launchRmsNorm(m_x.data() + std::size_t(r0 * s.dim), n, s.dim, m_outputNorm.data(),
+                      s.rmsNormEps, m_h.data(), m_type, stream);
+        QL_TRY_STATUS(CudaContext::checkLaunch("rmsnorm"));
+        QL_TRY_STATUS(linear(*m_ctx, m_h.data(), m_type, s.dim, head.data(), n, s.dim, s.vocab,
+                             m_logits.data(), DType::F32, s.vocab));
         if (!onLogits) continue;
         QL_CUDA_TRY(cudaMemcpyAsync(m_hostLogits.data(), m_logits.data(),
                                     std::size_t(n) * vocab * sizeof(float), cudaMemcpyDeviceToHost,
@@ -638,9 +946,10 @@ Status CudaLlamaRunner::runHead(std::int64_t rows, std::int64_t seqLen, const Lo
 
 Result<std::unique_ptr<ModelRunner>> createCudaLlamaRunner(std::shared_ptr<CudaContext> ctx,
                                                            const LlamaWeightsView& weights,
-                                                           Precision precision)
+                                                           Precision precision,
+                                                           const RunnerOptions& options)
 {
-    return CudaLlamaRunner::create(std::move(ctx), weights, precision);
+    return CudaLlamaRunner::create(std::move(ctx), weights, precision, options);
 }
 
 }  // namespace ql::cuda

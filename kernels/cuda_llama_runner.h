@@ -10,6 +10,7 @@ namespace ql::cuda {
 
 Result<std::unique_ptr<ModelRunner>> createCudaLlamaRunner(std::shared_ptr<CudaContext> ctx,
                                                            const LlamaWeightsView& weights,
-                                                           Precision precision);
+                                                           Precision precision,
+                                                           const RunnerOptions& options = {});
 
 }  // namespace ql::cuda

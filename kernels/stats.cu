@@ -4,9 +4,11 @@
 // candidateKernel (per-block top-k), mergeTopKernel (1 block), then the cuBLAS Hessian.
 #include <cub/block/block_scan.cuh>
 
+#include <algorithm>
 #include <cfloat>
 #include <climits>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <utility>
 
@@ -914,7 +916,70 @@ Status DeviceStats::reset()
     return m_impl->zero();
 }
 
-Status DeviceStats::downloadParts(DeviceStatsParts& out) const
+DownloadLane::~DownloadLane()
+{
+    for (int i = 0; i < 2; ++i) {
+        if (m_done[i]) cudaEventDestroy(m_done[i]);
+        if (m_staging[i]) cudaFreeHost(m_staging[i]);
+    }
+    if (m_stream) cudaStreamDestroy(m_stream);
+}
+
+DownloadLane::DownloadLane(DownloadLane&& o) noexcept
+{
+    *this = std::move(o);
+}
+
+DownloadLane& DownloadLane::operator=(DownloadLane&& o) noexcept
+{
+    std::swap(m_stream, o.m_stream);
+    std::swap(m_done, o.m_done);
+    std::swap(m_staging, o.m_staging);
+    std::swap(m_chunk, o.m_chunk);
+    return *this;
+}
+
+Result<DownloadLane> DownloadLane::create(std::size_t chunkBytes)
+{
+    DownloadLane lane;
+    lane.m_chunk = std::max<std::size_t>(chunkBytes, 4096);
+    QL_CUDA_TRY(cudaStreamCreateWithFlags(&lane.m_stream, cudaStreamNonBlocking));
+    for (int i = 0; i < 2; ++i) {
+        QL_CUDA_TRY(cudaEventCreateWithFlags(&lane.m_done[i], cudaEventDisableTiming));
+        if (cudaMallocHost(&lane.m_staging[i], lane.m_chunk) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return makeError(ErrorCode::OutOfMemory,
+                             "cannot allocate " + std::to_string(lane.m_chunk >> 20) + " MiB" +
+                                 " of page-locked host memory for downloads");
+        }
+    }
+    return Result<DownloadLane>(std::move(lane));
+}
+
+Status DownloadLane::copy(void* dst, const void* src, std::size_t bytes)
+{
+    auto* out = static_cast<char*>(dst);
+    const auto* in = static_cast<const char*>(src);
+    const std::size_t chunks = (bytes + m_chunk - 1) / m_chunk;
+    // Chunk i lands in staging[i % 2]; while its DMA runs, chunk i - 1 is copied out on the host.
+    // Chunk i + 1 reuses chunk i - 1's buffer only after that host copy is done.
+    auto size = [&](std::size_t i) { return std::min(m_chunk, bytes - i * m_chunk); };
+    for (std::size_t i = 0; i <= chunks; ++i) {
+        if (i < chunks) {
+            QL_CUDA_TRY(cudaMemcpyAsync(m_staging[i % 2], in + i * m_chunk, size(i),
+                                        cudaMemcpyDeviceToHost, m_stream));
+            QL_CUDA_TRY(cudaEventRecord(m_done[i % 2], m_stream));
+        }
+        if (i > 0) {
+            const std::size_t p = i - 1;
+            QL_CUDA_TRY(cudaEventSynchronize(m_done[p % 2]));
+            std::memcpy(out + p * m_chunk, m_staging[p % 2], size(p));
+        }
+    }
+    return {};
+}
+
+Status DeviceStats::downloadParts(DeviceStatsParts& out, DownloadLane* lane) const
 {
     if (!m_impl) return makeError(ErrorCode::InvalidArgument, "DeviceStats: not created");
     const Impl& m = *m_impl;
@@ -951,12 +1016,20 @@ Status DeviceStats::downloadParts(DeviceStatsParts& out) const
     }
     if (m.config.hessian == HessianMode::Float32) {
         out.hessianValues32.resize(c * c);
-        QL_CUDA_TRY(cudaMemcpy(out.hessianValues32.data(), m.hessian32.get(),
-                               out.hessianValues32.size() * sizeof(float), cudaMemcpyDeviceToHost));
+        const std::size_t bytes = out.hessianValues32.size() * sizeof(float);
+        if (lane)
+            QL_TRY_STATUS(lane->copy(out.hessianValues32.data(), m.hessian32.get(), bytes));
+        else
+            QL_CUDA_TRY(cudaMemcpy(out.hessianValues32.data(), m.hessian32.get(), bytes,
+                                   cudaMemcpyDeviceToHost));
     } else if (m.config.hessian == HessianMode::Float64) {
         out.hessianValues.resize(c * c);
-        QL_CUDA_TRY(cudaMemcpy(out.hessianValues.data(), m.hessian64.get(),
-                               out.hessianValues.size() * sizeof(double), cudaMemcpyDeviceToHost));
+        const std::size_t bytes = out.hessianValues.size() * sizeof(double);
+        if (lane)
+            QL_TRY_STATUS(lane->copy(out.hessianValues.data(), m.hessian64.get(), bytes));
+        else
+            QL_CUDA_TRY(cudaMemcpy(out.hessianValues.data(), m.hessian64.get(), bytes,
+                                   cudaMemcpyDeviceToHost));
     }
     return {};
 }

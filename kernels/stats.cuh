@@ -84,6 +84,33 @@ struct DeviceStatsParts {
     std::vector<float> hessianValues32;  // channels × channels, Float32 (copied as is)
 };
 
+// A download path of its own: a stream and two page-locked staging buffers. Copies into pageable
+// host memory go through the staging buffers in chunks (the DMA of one chunk overlaps the host
+// copy of the previous one), so several lanes on several host threads download different
+// accumulators at once near PCIe speed — plain cudaMemcpy into fresh pageable memory runs at a
+// fraction of it and faults the destination's pages in on one thread.
+class DownloadLane {
+public:
+    DownloadLane() = default;
+    ~DownloadLane();
+    DownloadLane(DownloadLane&&) noexcept;
+    DownloadLane& operator=(DownloadLane&&) noexcept;
+    DownloadLane(const DownloadLane&) = delete;
+    DownloadLane& operator=(const DownloadLane&) = delete;
+
+    // On the current device; chunkBytes per staging buffer.
+    static Result<DownloadLane> create(std::size_t chunkBytes = std::size_t(16) << 20);
+    // Device → host, complete on return. Work queued on other streams is not waited for.
+    Status copy(void* dst, const void* src, std::size_t bytes);
+    std::uint64_t pinnedBytes() const { return 2 * std::uint64_t(m_chunk); }
+
+private:
+    cudaStream_t m_stream = nullptr;
+    cudaEvent_t m_done[2] = {nullptr, nullptr};
+    void* m_staging[2] = {nullptr, nullptr};
+    std::size_t m_chunk = 0;
+};
+
 class DeviceStats {
 public:
     DeviceStats();
@@ -111,9 +138,10 @@ public:
     // Zero every accumulator (collection starts afresh).
     Status reset();
 
-    // Waits for the stream and copies the accumulators back.
-    Status downloadParts(DeviceStatsParts& out) const;
-    Result<ActivationStats> download() const;
+    // Waits for the stream and copies the accumulators back; the Hessian through `lane` when
+    // given (see DownloadLane), else with plain cudaMemcpy.
+    Status downloadParts(DeviceStatsParts& out, DownloadLane* lane = nullptr) const;
+    Result<ActivationStats> download(DownloadLane* lane = nullptr) const;
 
     std::int32_t channels() const;
     std::int64_t tokenCount() const;

@@ -121,10 +121,10 @@ Result<DeviceStats> DeviceStats::create(std::int32_t channels, const RunnerStats
     return create(config, stream, blas);
 }
 
-Result<ActivationStats> DeviceStats::download() const
+Result<ActivationStats> DeviceStats::download(DownloadLane* lane) const
 {
     DeviceStatsParts parts;
-    QL_TRY_STATUS(downloadParts(parts));
+    QL_TRY_STATUS(downloadParts(parts, lane));
     SymmetricHistogram hist;
     hist.range = parts.range;
     hist.counts = std::move(parts.counts);

@@ -34,7 +34,7 @@ namespace {
 const std::string_view kBenchForwardHelp =
     "usage: quantlens-cli bench forward MODEL [--seqlen N] [--batch N] [--repeat N]\n"
     "                                         [--device cpu|cuda|auto] [--precision f32|bf16]\n"
-    "                                         [--json]\n\n"
+    "                                         [--gpu-memory SIZE] [--stream-weights] [--json]\n\n"
     "Times whole causal forward passes (all positions' logits computed, none copied back) and\n"
     "prints tokens/s, model TFLOP/s and the peak device memory. Defaults: --seqlen 2048,\n"
     "--batch 1, --repeat 5 (1 on the CPU), bf16 on a GPU and f32 on the CPU.\n";
@@ -56,7 +56,7 @@ const std::string_view kBenchCalibrateHelp =
     "usage: quantlens-cli bench calibrate MODEL [--seqlen N] [--samples N] [--batch N]\n"
     "                                           [--hessian none|f32|f64]\n"
     "                                           [--device cpu|cuda|auto] [--precision f32|bf16]\n"
-    "                                           [--json]\n\n"
+    "                                           [--gpu-memory SIZE] [--stream-weights] [--json]\n\n"
     "Runs --samples random windows of --seqlen tokens, --batch per forward pass, with the\n"
     "calibration statistics off and on (abs-max, mean |x|, mean x^2, 2048-bin histogram,\n"
     "top-32 and the Hessian), and prints tokens/s of each, the overhead of the statistics and\n"
@@ -89,7 +89,7 @@ ql::Result<BenchRunner> openBenchRunner(const std::string& path, DeviceOptions& 
     b.llama = std::make_unique<ql::LlamaModel>(std::move(llama).value());
     b.loadSeconds = secondsSince(loadStart);
     const auto uploadStart = std::chrono::steady_clock::now();
-    auto runner = ql::createLlamaRunner(*b.backend, *b.llama, device.precision);
+    auto runner = ql::createLlamaRunner(*b.backend, *b.llama, device.precision, device.runner);
     if (!runner) return runner.error();
     b.runner = std::move(runner).value();
     b.uploadSeconds = secondsSince(uploadStart);
@@ -299,7 +299,7 @@ int runBenchForward(Args args)
     if (!llama) return fail(llama.error().message);
     const double loadSeconds = secondsSince(loadStart);
     const auto uploadStart = std::chrono::steady_clock::now();
-    auto runner = ql::createLlamaRunner(**backend, *llama, device.precision);
+    auto runner = ql::createLlamaRunner(**backend, *llama, device.precision, device.runner);
     if (!runner) return fail(runner.error().message);
     const double uploadSeconds = secondsSince(uploadStart);
     ql::ModelRunner& r = **runner;

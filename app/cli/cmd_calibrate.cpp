@@ -40,7 +40,10 @@ options:
   --precision P       f32 (default: matches the CPU to rounding) or bf16 (GPU only: bf16
                       weights and activations, faster)
   --batch N           windows per forward pass on the GPU (default: as many as make 16384
-                      tokens)
+                      tokens; all of them when the weights stream)
+  --gpu-memory SIZE   GPU memory the run may plan for (12GiB, 800MiB, bytes; default: what
+                      is free); a model that does not fit streams block by block
+  --stream-weights    keep the weights on the host and stream them block by block
 )";
 
 int runCalibrate(Args args)
@@ -126,7 +129,7 @@ int runCalibrate(Args args)
     if (gpu) {
         std::string failure;
         {  // the runner and its GPU memory go before any CPU run
-            auto runner = ql::createLlamaRunner(**backend, *llama, device.precision);
+            auto runner = ql::createLlamaRunner(**backend, *llama, device.precision, device.runner);
             if (!runner) {
                 failure = "could not load the model onto " + (*backend)->device().name + ": " +
                           runner.error().message;

@@ -45,6 +45,9 @@ options:
   --precision P       f32 (default) or bf16 (GPU only: bf16 weights and activations, float32
                       accumulation). On a GPU, f32 matches the CPU's figures to float rounding
                       (float32 GEMMs, no TF32).
+  --gpu-memory SIZE   GPU memory the run may plan for (12GiB, 800MiB, bytes; default: what
+                      is free); a model that does not fit streams block by block
+  --stream-weights    keep the weights on the host and stream them block by block
 )";
 
 namespace {
@@ -219,11 +222,11 @@ int runEval(Args args)
 
     auto backend = openBackend(device);
     if (!backend) return fail(backend.error().message);
-    auto refRunner = ql::createLlamaRunner(**backend, *reference, device.precision);
+    auto refRunner = ql::createLlamaRunner(**backend, *reference, device.precision, device.runner);
     if (!refRunner) return fail(refRunner.error().message);
     std::unique_ptr<ql::ModelRunner> quantRunner;
     if (quantized) {
-        auto r = ql::createLlamaRunner(**backend, *quantized, device.precision);
+        auto r = ql::createLlamaRunner(**backend, *quantized, device.precision, device.runner);
         if (!r) return fail(r.error().message);
         quantRunner = std::move(r).value();
     }

@@ -19,6 +19,7 @@ namespace ql {
 
 struct LlamaWeightsView;
 class ModelRunner;
+struct RunnerOptions;
 enum class Precision;
 
 struct DeviceInfo {
@@ -35,8 +36,11 @@ public:
     virtual DeviceInfo device() const = 0;
     // A runner holding `weights` on this backend's device (the view is read during the call
     // only). Unsupported where the backend has no runner of its own (the CPU).
+    // With WeightResidency::Streamed (or Auto choosing it) the runner reads the view's host data
+    // on every forward: it must then stay valid for the runner's lifetime.
     virtual Result<std::unique_ptr<ModelRunner>> createRunner(const LlamaWeightsView& weights,
-                                                              Precision precision) = 0;
+                                                              Precision precision,
+                                                              const RunnerOptions& options) = 0;
 };
 
 enum class BackendKind { Auto, Cpu, Cuda };

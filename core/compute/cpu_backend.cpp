@@ -15,7 +15,8 @@ public:
         info.name = "CPU (" + std::to_string(threads ? threads : 1) + " threads)";
         return info;
     }
-    Result<std::unique_ptr<ModelRunner>> createRunner(const LlamaWeightsView&, Precision) override
+    Result<std::unique_ptr<ModelRunner>> createRunner(const LlamaWeightsView&, Precision,
+                                                      const RunnerOptions&) override
     {
         return makeError(ErrorCode::Unsupported,
                          "the CPU runs models through LlamaModel (createLlamaRunner), not from a "

@@ -56,6 +56,20 @@ struct LlamaWeightsView {
     std::vector<LlamaBlockView> blocks;
 };
 
+// Where a GPU runner keeps the transformer blocks' weights. Resident: all on the device, uploaded
+// once. Streamed: on the host; each forward uploads them block by block (the next block's upload
+// overlaps the current block's compute) and runs every sequence of the call through a block before
+// the next, so a model larger than the GPU still runs; statistics then hold one block's
+// accumulators on the device at a time and move each finished block's to the host. Auto streams
+// when the resident weights and a working set would not fit the memory limit.
+enum class WeightResidency { Auto, Resident, Streamed };
+
+struct RunnerOptions {
+    WeightResidency residency = WeightResidency::Auto;
+    // Device bytes the runner may plan for; 0: the device's free memory when it is created.
+    std::uint64_t memoryLimit = 0;
+};
+
 struct RunnerStatsOptions {
     HessianPrecision hessian = HessianPrecision::Float32;
     int histogramBins = 2048;
@@ -95,6 +109,12 @@ public:
 
     // The most device memory this runner has held (weights, activations, statistics), bytes.
     virtual std::uint64_t peakMemoryBytes() const = 0;
+    // Device memory held now, bytes.
+    virtual std::uint64_t memoryBytes() const { return peakMemoryBytes(); }
+
+    // Whether each forward streams the weights from the host (WeightResidency::Streamed): callers
+    // then pass as many sequences per call as they can (calibrateWindows passes all of them).
+    virtual bool streamsWeights() const { return false; }
 };
 
 }  // namespace ql

@@ -194,11 +194,12 @@ std::uint64_t CpuLlamaRunner::peakMemoryBytes() const
 }
 
 Result<std::unique_ptr<ModelRunner>> createLlamaRunner(Backend& backend, const LlamaModel& model,
-                                                       Precision precision)
+                                                       Precision precision,
+                                                       const RunnerOptions& options)
 {
     if (backend.device().isGpu) {
         try {
-            return backend.createRunner(viewOf(model.weights()), precision);
+            return backend.createRunner(viewOf(model.weights()), precision, options);
         } catch (const std::bad_alloc&) {
             return makeError(ErrorCode::OutOfMemory, "out of host memory for the weights view");
         }

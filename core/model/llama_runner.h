@@ -46,11 +46,13 @@ private:
     std::unique_ptr<Probe> m_probe;
 };
 
-// A runner of `model` on `backend`'s device: the backend's own runner (the weights uploaded, the
-// model may be released afterwards) on a GPU, else a CpuLlamaRunner reading `model`, which must
-// then outlive the runner. Precision::BFloat16 on the CPU is Unsupported.
+// A runner of `model` on `backend`'s device: the backend's own runner on a GPU, else a
+// CpuLlamaRunner reading `model`. Keep `model` alive as long as the runner: the CPU runner reads
+// it, and so does a GPU runner that streams its weights (options.residency; with Resident the
+// weights are uploaded and the model may go). Precision::BFloat16 on the CPU is Unsupported.
 Result<std::unique_ptr<ModelRunner>> createLlamaRunner(Backend& backend, const LlamaModel& model,
-                                                       Precision precision);
+                                                       Precision precision,
+                                                       const RunnerOptions& options = {});
 
 // The evaluator's view of a runner: one window per forward (batch 1).
 class RunnerLogitsSource : public LogitsSource {

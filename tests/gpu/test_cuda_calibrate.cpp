@@ -235,26 +235,39 @@ private slots:
         QTest::addColumn<Precision>("precision");
         QTest::addColumn<HessianPrecision>("hessian");
         QTest::addColumn<int>("batch");  // windows per forward; 0: the token budget (all 16)
+        QTest::addColumn<bool>("streamed");
         QTest::newRow("f32, H32, one batch")
-            << Precision::Float32 << HessianPrecision::Float32 << 0;
+            << Precision::Float32 << HessianPrecision::Float32 << 0 << false;
         QTest::newRow("f32, H64, batches of 3")
-            << Precision::Float32 << HessianPrecision::Float64 << 3;
+            << Precision::Float32 << HessianPrecision::Float64 << 3 << false;
         QTest::newRow("f32, no Hessian, one window at a time")
-            << Precision::Float32 << HessianPrecision::None << 1;
+            << Precision::Float32 << HessianPrecision::None << 1 << false;
         QTest::newRow("bf16 (smoke), H32, batches of 8")
-            << Precision::BFloat16 << HessianPrecision::Float32 << 8;
+            << Precision::BFloat16 << HessianPrecision::Float32 << 8 << false;
+        // Weights streamed block by block, each block's statistics moved to the host after it:
+        // all windows in one call, and batches of 3 (host-side merges across calls).
+        QTest::newRow("streamed, f32, H32, one call")
+            << Precision::Float32 << HessianPrecision::Float32 << 0 << true;
+        QTest::newRow("streamed, f32, H64, batches of 3")
+            << Precision::Float32 << HessianPrecision::Float64 << 3 << true;
+        QTest::newRow("streamed, bf16 (smoke), H32, one call")
+            << Precision::BFloat16 << HessianPrecision::Float32 << 0 << true;
     }
     void matchesCpu()
     {
         QFETCH(Precision, precision);
         QFETCH(HessianPrecision, hessian);
         QFETCH(int, batch);
+        QFETCH(bool, streamed);
         CalibrationConfig config;
         config.hessian = hessian;
         auto ref = calibrateWindows(*m_llama, *m_tok, m_windows, config);
         QL_VERIFY_OK(ref);
-        auto runner = createLlamaRunner(*m_backend, *m_llama, precision);
+        RunnerOptions runnerOptions;
+        if (streamed) runnerOptions.residency = WeightResidency::Streamed;
+        auto runner = createLlamaRunner(*m_backend, *m_llama, precision, runnerOptions);
         QL_VERIFY_OK(runner);
+        QCOMPARE((*runner)->streamsWeights(), streamed);
         RunnerCalibrationOptions options;
         options.batch = batch;
         auto got = calibrateWindows(**runner, *m_tok, m_windows, config, {}, options);

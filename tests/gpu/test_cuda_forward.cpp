@@ -646,6 +646,79 @@ private slots:
         QVERIFY2(f.sameTop >= sameTop, qPrintable(QString::number(f.sameTop)));
     }
 
+    // Weights streamed block by block give the resident runner's logits exactly (the same
+    // kernels on the same rows); a small memory limit makes Auto stream; replaceWeight reaches a
+    // streamed block.
+    void streamedMatchesResident_data()
+    {
+        QTest::addColumn<Precision>("precision");
+        QTest::newRow("f32") << Precision::Float32;
+        QTest::newRow("bf16") << Precision::BFloat16;
+    }
+    void streamedMatchesResident()
+    {
+        QFETCH(Precision, precision);
+        QL_REQUIRE_DATA(kStoriesGguf);
+        QL_REQUIRE_DATA(kTinyStories);
+        auto model = openModel(test::dataPath(kStoriesGguf));
+        QL_VERIFY_OK(model);
+        auto llama = LlamaModel::create(*model);
+        QL_VERIFY_OK(llama);
+        auto tok = Tokenizer::create(*model);
+        QL_VERIFY_OK(tok);
+        auto text = readTextFile(test::dataPath(kTinyStories));
+        QL_VERIFY_OK(text);
+        const auto chunks = makeLlamaCppChunks(**tok, *text, 256, 3);
+        QCOMPARE(chunks.size(), std::size_t(3));
+        std::vector<TokenId> tokens;
+        for (const auto& c : chunks) tokens.insert(tokens.end(), c.tokens.begin(), c.tokens.end());
+        auto backend = createBackend(BackendKind::Cuda);
+        QL_VERIFY_OK(backend);
+        auto resident = createLlamaRunner(**backend, *llama, precision);
+        QL_VERIFY_OK(resident);
+        QVERIFY(!(*resident)->streamsWeights());
+        RunnerOptions small;
+        small.memoryLimit = 1 << 20;  // 1 MiB: nothing fits, Auto streams
+        auto streamed = createLlamaRunner(**backend, *llama, precision, small);
+        QL_VERIFY_OK(streamed);
+        QVERIFY((*streamed)->streamsWeights());
+        const std::size_t vocab = std::size_t(llama->config().vocab);
+        auto logitsOf = [&](ModelRunner& r) {
+            std::vector<float> all(tokens.size() * vocab);
+            const std::int64_t T = std::int64_t(chunks[0].tokens.size());
+            auto st = r.forward(tokens, 3, [&](std::int64_t seq, std::int32_t pos,
+                                               std::span<const float> l) {
+                std::copy(l.begin(), l.end(), all.begin() + (seq * T + pos) * std::int64_t(vocab));
+            });
+            return st ? all : std::vector<float>();
+        };
+        const auto a = logitsOf(**resident);
+        const auto b = logitsOf(**streamed);
+        QVERIFY(!a.empty() && a.size() == b.size());
+        double maxDiff = 0;
+        for (std::size_t i = 0; i < a.size(); ++i)
+            maxDiff = std::max(maxDiff, double(std::abs(a[i] - b[i])));
+        qInfo("%s: streamed vs resident max |diff| %.3g; peak %.2f vs %.2f MiB",
+              precisionName(precision), maxDiff,
+              double((*streamed)->peakMemoryBytes()) / (1 << 20),
+              double((*resident)->peakMemoryBytes()) / (1 << 20));
+        QVERIFY2(maxDiff <= 1e-6, qPrintable(QString::number(maxDiff)));
+        // A replaced block weight reaches the next streamed forward, as on the resident runner.
+        const auto& w = llama->weights().block(1).wo;
+        std::vector<float> zero(std::size_t(w.size()), 0.0f);
+        QL_VERIFY_OK((*resident)->replaceWeight("blk.1.attn_output.weight", zero));
+        QL_VERIFY_OK((*streamed)->replaceWeight("blk.1.attn_output.weight", zero));
+        const auto c = logitsOf(**resident);
+        const auto d = logitsOf(**streamed);
+        double changed = 0, diff = 0;
+        for (std::size_t i = 0; i < c.size(); ++i) {
+            changed = std::max(changed, double(std::abs(c[i] - a[i])));
+            diff = std::max(diff, double(std::abs(c[i] - d[i])));
+        }
+        QVERIFY(changed > 1e-3);
+        QVERIFY2(diff <= 1e-6, qPrintable(QString::number(diff)));
+    }
+
     void syntheticModels_data()
     {
         QTest::addColumn<QString>("arch");
@@ -746,7 +819,7 @@ private slots:
         huge.shape.dim = 4096;
         huge.shape.blocks = 1;
         huge.blocks.resize(1);
-        auto oom = (*backend)->createRunner(huge, Precision::Float32);
+        auto oom = (*backend)->createRunner(huge, Precision::Float32, RunnerOptions{});
         QVERIFY(!oom.ok());
         QCOMPARE(oom.error().code, ErrorCode::OutOfMemory);
         qInfo("%s", oom.error().message.c_str());
