@@ -93,7 +93,8 @@ ql::Result<BenchRunner> openBenchRunner(const std::string& path, DeviceOptions& 
     if (!runner) return runner.error();
     b.runner = std::move(runner).value();
     b.uploadSeconds = secondsSince(uploadStart);
-    if (b.backend->device().isGpu) b.llama.reset();  // the weights are on the device now
+    // The weights are on the device now, unless the runner streams them from this copy.
+    if (b.backend->device().isGpu && !b.runner->streamsWeights()) b.llama.reset();
     return b;
 }
 
