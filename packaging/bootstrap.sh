@@ -72,6 +72,8 @@ if [ "${QL_SKIP_INSTALL:-0}" != 1 ]; then
   install_default_model
   # llama.cpp's own GGUF reader, used by a test to check our GGUF files (skipped without it).
   python3 -c "import gguf" 2>/dev/null || python3 -m pip install -q gguf || log "pip could not install gguf"
+  # NumPy: tests/python/gptq_dequant.py, the independent GPTQ decoder test_hf_export runs.
+  python3 -c "import numpy" 2>/dev/null || python3 -m pip install -q numpy || log "pip could not install numpy"
 fi
 export QUANTLENS_SMOLLM2="${QUANTLENS_SMOLLM2:-$smollm}"
 

@@ -52,6 +52,10 @@ std::span<const Command> commands()
          kCalibrateHelp, runCalibrate},
         {"eval", "perplexity, and KL divergence of a quantized model from the original", kEvalHelp,
          runEval},
+        {"export", "write a quantized model as GGUF, GPTQ safetensors or fake-quant safetensors",
+         kExportHelp, runExport},
+        {"session", "what a session file holds, how long it takes to open, model match",
+         kSessionHelp, runSession},
         {"bench", "benchmarks: open (headers, time, RSS), stats, quant", kBenchHelp, runBench},
         {"devices", "the compute devices this build can use (CPU, CUDA GPUs)", {}, runDevices},
     };

@@ -34,9 +34,20 @@ Result<std::shared_ptr<MappedFile>> MappedFile::open(const std::string& path)
     return file;
 }
 
+std::shared_ptr<MappedFile> MappedFile::fromBytes(std::string label,
+                                                  std::vector<std::uint8_t> bytes)
+{
+    std::shared_ptr<MappedFile> file(new MappedFile());
+    file->m_path = std::move(label);
+    file->m_owned = std::move(bytes);
+    file->m_size = file->m_owned.size();
+    file->m_data = file->m_owned.data();
+    return file;
+}
+
 MappedFile::~MappedFile()
 {
-    if (m_data) ::munmap(const_cast<std::uint8_t*>(m_data), m_size);
+    if (m_data && m_owned.empty()) ::munmap(const_cast<std::uint8_t*>(m_data), m_size);
 }
 
 }  // namespace ql

@@ -8,6 +8,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "util/result.h"
 
@@ -16,6 +17,10 @@ namespace ql {
 class MappedFile {
 public:
     static Result<std::shared_ptr<MappedFile>> open(const std::string& path);
+    // Memory that is not a file (e.g. weights decoded from a packed format on opening), under
+    // `label` for messages; data() points into `bytes`, which the object owns.
+    static std::shared_ptr<MappedFile> fromBytes(std::string label,
+                                                 std::vector<std::uint8_t> bytes);
     ~MappedFile();
     MappedFile(const MappedFile&) = delete;
     MappedFile& operator=(const MappedFile&) = delete;
@@ -40,6 +45,7 @@ private:
     std::string m_path;
     const std::uint8_t* m_data = nullptr;
     std::uint64_t m_size = 0;
+    std::vector<std::uint8_t> m_owned;  // fromBytes(): the data; empty for a mapping
 };
 
 }  // namespace ql

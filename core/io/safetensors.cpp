@@ -13,6 +13,7 @@
 #include "io/safetensors.h"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <charconv>
 #include <cmath>
@@ -28,6 +29,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/gguf.h"
+#include "io/gptq_layout.h"
 #include "io/model_loader.h"
 
 namespace ql {
@@ -301,12 +303,13 @@ struct ShardTensor {
     TensorType type;
     std::uint64_t offset;  // absolute
     std::uint64_t bytes;
+    bool int32 = false;  // an I32 tensor of a GPTQ checkpoint (`type` is then F32: 4 bytes)
 };
 
 // Parses and checks the header of one mapped safetensors file. Throws only nlohmann exceptions,
 // which the caller catches.
 Status readShardHeader(const MappedFile& file, std::vector<ShardTensor>& out,
-                       std::vector<std::string>& warnings)
+                       std::vector<std::string>& warnings, bool allowInt32)
 {
     const std::string& path = file.path();
     auto fail = [&](const std::string& what) {
@@ -350,7 +353,8 @@ Status readShardHeader(const MappedFile& file, std::vector<ShardTensor>& out,
             !(*offsetsIt)[0].is_number_unsigned() || !(*offsetsIt)[1].is_number_unsigned())
             return fail(where + ": data_offsets is not a pair of non-negative integers");
         const std::string dtype = dtypeIt->get<std::string>();
-        auto type = dtypeFromName(dtype);
+        const bool int32 = allowInt32 && dtype == "I32";
+        auto type = int32 ? std::optional<TensorType>(TensorType::F32) : dtypeFromName(dtype);
         if (!type)
             return makeError(ErrorCode::Unsupported,
                              path + ": " + where + " has dtype " + dtype.substr(0, 32) +
@@ -390,7 +394,7 @@ Status readShardHeader(const MappedFile& file, std::vector<ShardTensor>& out,
             warnings.push_back(path + ": tensor " + name + " is empty or a scalar; skipped");
             continue;
         }
-        out.push_back({name, std::move(shape), *type, dataStart + begin, end - begin});
+        out.push_back({name, std::move(shape), *type, dataStart + begin, end - begin, int32});
     }
     std::sort(out.begin(), out.end(),
               [](const ShardTensor& a, const ShardTensor& b) { return a.offset < b.offset; });
@@ -401,6 +405,168 @@ bool safeShardName(const std::string& name)
 {
     return !name.empty() && name.find('/') == std::string::npos &&
            name.find('\\') == std::string::npos && name != "." && name != "..";
+}
+
+// quantization_config of a GPTQ checkpoint (io/gptq_layout.h); nullopt without one.
+struct GptqConfig {
+    int bits = 4;
+    std::int64_t groupSize = -1;
+    int zeroOffset = 1;
+    std::string text;  // for the metadata
+};
+
+Result<std::optional<GptqConfig>> gptqConfig(const json& config, const std::string& path)
+{
+    auto it = config.find("quantization_config");
+    if (it == config.end() || it->is_null()) return std::optional<GptqConfig>();
+    if (!it->is_object())
+        return makeError(ErrorCode::Format, path + ": quantization_config is not an object");
+    ConfigReader r(*it, path + ": quantization_config");
+    const std::string method = r.string("quant_method");
+    if (method != "gptq")
+        return makeError(ErrorCode::Unsupported,
+                         path + ": quant_method '" + method.substr(0, 32) +
+                             "' is not supported (QuantLens reads unquantized checkpoints and "
+                             "GPTQ ones)");
+    GptqConfig g;
+    g.bits = int(r.integer("bits", std::nullopt));
+    g.groupSize = r.integer("group_size", -1);
+    std::string format = r.string("checkpoint_format");
+    if (r.failed()) return r.error();
+    if (!gptqBitsSupported(g.bits))
+        return makeError(ErrorCode::Unsupported, path + ": GPTQ bits = " + std::to_string(g.bits) +
+                                                     " (2, 3, 4 and 8 are defined)");
+    if (format.empty()) format = "gptq";
+    if (format != "gptq" && format != "gptq_v2")
+        return makeError(ErrorCode::Unsupported, path + ": GPTQ checkpoint_format '" +
+                                                     format.substr(0, 32) +
+                                                     "' (gptq and gptq_v2 are read)");
+    g.zeroOffset = format == "gptq" ? 1 : 0;
+    g.text = "bits=" + std::to_string(g.bits) + " group_size=" + std::to_string(g.groupSize) +
+             " checkpoint_format=" + format;
+    return std::optional<GptqConfig>(g);
+}
+
+// Replaces each GPTQ layer's qweight/qzeros/scales/g_idx in `all` by one float32 "<m>.weight"
+// holding its decoded values, in a memory block appended to model.files.
+Status decodeGptqLayers(const GptqConfig& cfg, const fs::path& folder,
+                        std::vector<ShardTensor>& all, std::vector<int>& allFile, Model& model)
+{
+    static constexpr std::string_view kParts[] = {".qweight", ".qzeros", ".scales", ".g_idx"};
+    std::map<std::string, std::array<int, 4>> layers;  // module -> index in `all` per part
+    for (std::size_t i = 0; i < all.size(); ++i)
+        for (int k = 0; k < 4; ++k) {
+            const std::string& n = all[i].name;
+            if (n.size() > kParts[k].size() &&
+                n.compare(n.size() - kParts[k].size(), kParts[k].size(), kParts[k]) == 0) {
+                auto& e = layers
+                              .try_emplace(n.substr(0, n.size() - kParts[k].size()),
+                                           std::array<int, 4>{-1, -1, -1, -1})
+                              .first->second;
+                e[std::size_t(k)] = int(i);
+            }
+        }
+    for (std::size_t i = 0; i < all.size(); ++i)
+        if (all[i].int32) {
+            bool part = false;
+            for (const auto& [m, idx] : layers)
+                for (int k : idx) part |= k == int(i);
+            if (!part)
+                return makeError(ErrorCode::Format, folder.string() + ": I32 tensor " +
+                                                        all[i].name +
+                                                        " is not part of a GPTQ layer");
+        }
+    auto words = [&](int idx) {
+        const ShardTensor& t = all[std::size_t(idx)];
+        const MappedFile& f = *model.files[std::size_t(allFile[std::size_t(idx)])];
+        std::vector<std::int32_t> v(t.bytes / 4);
+        std::memcpy(v.data(), f.data() + t.offset, t.bytes);
+        return v;
+    };
+    std::vector<std::uint8_t> blob;
+    std::vector<ShardTensor> out;
+    std::vector<int> outFile;
+    std::map<int, std::pair<std::string, std::array<int, 4>>> byQweight;
+    for (const auto& [m, idx] : layers) {
+        const std::string where = folder.string() + ": GPTQ layer " + m;
+        if (idx[0] < 0 || idx[1] < 0 || idx[2] < 0)
+            return makeError(ErrorCode::Format, where + " lacks qweight, qzeros or scales");
+        const ShardTensor &qw = all[std::size_t(idx[0])], &qz = all[std::size_t(idx[1])],
+                          &sc = all[std::size_t(idx[2])];
+        if (!qw.int32 || !qz.int32 || sc.int32 || sc.type != TensorType::F16 ||
+            qw.shape.size() != 2 || qz.shape.size() != 2 || sc.shape.size() != 2 ||
+            (idx[3] >= 0 &&
+             (!all[std::size_t(idx[3])].int32 || all[std::size_t(idx[3])].shape.size() != 1)))
+            return makeError(ErrorCode::Format,
+                             where +
+                                 ": expected qweight/qzeros/g_idx I32 and scales F16 of the "
+                                 "GPTQ layout (2-D, g_idx 1-D)");
+        byQweight[idx[0]] = {m, idx};
+    }
+    for (std::size_t i = 0; i < all.size(); ++i) {
+        auto q = byQweight.find(int(i));
+        if (q == byQweight.end()) {
+            bool part = false;
+            for (const auto& [m, idx] : layers)
+                for (int k : idx) part |= k == int(i);
+            if (!part) {
+                out.push_back(all[i]);
+                outFile.push_back(allFile[i]);
+            }
+            continue;
+        }
+        const auto& [m, idx] = q->second;
+        const ShardTensor& sc = all[std::size_t(idx[2])];
+        GptqLayer L;
+        L.bits = cfg.bits;
+        L.zeroOffset = cfg.zeroOffset;
+        L.groups = sc.shape[0];
+        L.out = sc.shape[1];
+        L.in = all[std::size_t(idx[0])].shape[0] * 32 / cfg.bits;
+        L.qweight = words(idx[0]);
+        L.qzeros = words(idx[1]);
+        L.scales.resize(sc.bytes / 2);
+        std::memcpy(L.scales.data(),
+                    model.files[std::size_t(allFile[std::size_t(idx[2])])]->data() + sc.offset,
+                    sc.bytes);
+        if (idx[3] >= 0) {
+            L.gIdx = words(idx[3]);
+            if (std::int64_t(L.gIdx.size()) != L.in)
+                return makeError(ErrorCode::Format,
+                                 folder.string() + ": GPTQ layer " + m + ": g_idx has " +
+                                     std::to_string(L.gIdx.size()) + " entries, qweight packs " +
+                                     std::to_string(L.in) + " inputs");
+        } else {
+            const std::int64_t gs = cfg.groupSize > 0 ? cfg.groupSize : L.in;
+            for (std::int64_t k = 0; k < L.in; ++k) L.gIdx.push_back(std::int32_t(k / gs));
+        }
+        auto w = gptqDequantize(L);
+        if (!w)
+            return makeError(ErrorCode::Format,
+                             folder.string() + ": GPTQ layer " + m + ": " + w.error().message);
+        ShardTensor t;
+        t.name = m + ".weight";
+        t.shape = {L.out, L.in};
+        t.type = TensorType::F32;
+        t.offset = blob.size();
+        t.bytes = w->size() * 4;
+        blob.resize(blob.size() + t.bytes);
+        std::memcpy(blob.data() + t.offset, w->data(), t.bytes);
+        out.push_back(std::move(t));
+        outFile.push_back(-1);
+    }
+    const int memIndex = int(model.files.size());
+    for (int& f : outFile)
+        if (f < 0) f = memIndex;
+    model.files.push_back(MappedFile::fromBytes(
+        folder.string() + " (GPTQ layers decoded to float32)", std::move(blob)));
+    model.warnings.push_back("GPTQ checkpoint (" + cfg.text +
+                             "): " + std::to_string(layers.size()) +
+                             " quantized layers decoded to float32 on opening");
+    model.metadata.set("quantlens.gptq", Metadata::makeString(cfg.text));
+    all = std::move(out);
+    allFile = std::move(outFile);
+    return {};
 }
 
 Result<Model> openFolder(const fs::path& folder, const std::string& onlyFile,
@@ -420,6 +586,8 @@ Result<Model> openFolder(const fs::path& folder, const std::string& onlyFile,
     model.format = ModelFormat::Safetensors;
     model.path = openedPath;
     model.hparams = *hparams;
+    auto gptq = gptqConfig(*config, configPath);
+    if (!gptq) return gptq.error();
 
     // Which shards, and which tensor lives in which.
     const fs::path indexPath = folder / "model.safetensors.index.json";
@@ -476,7 +644,7 @@ Result<Model> openFolder(const fs::path& folder, const std::string& onlyFile,
         auto mapped = MappedFile::open((folder / shard).string());
         if (!mapped) return mapped.error();
         std::vector<ShardTensor> tensors;
-        QL_TRY_STATUS(readShardHeader(**mapped, tensors, model.warnings));
+        QL_TRY_STATUS(readShardHeader(**mapped, tensors, model.warnings, gptq->has_value()));
         const int fileIndex = static_cast<int>(model.files.size());
         model.files.push_back(std::move(mapped).value());
         for (auto& t : tensors) {
@@ -501,6 +669,7 @@ Result<Model> openFolder(const fs::path& folder, const std::string& onlyFile,
                                                     " is assigned to " + shard +
                                                     ", which does not hold it");
 
+    if (*gptq) QL_TRY_STATUS(decodeGptqLayers(**gptq, folder, all, allFile, model));
     model.tensors.reserve(all.size());
     for (std::size_t i = 0; i < all.size(); ++i) {
         ShardTensor& s = all[i];
@@ -646,6 +815,11 @@ json configJson(const HyperParams& hp, TensorType dtype)
 }  // namespace
 
 // --- public ---------------------------------------------------------------------------------
+
+std::string huggingFaceConfig(const HyperParams& hp, TensorType dtype)
+{
+    return configJson(hp, dtype).dump(2) + "\n";
+}
 
 bool looksLikeSafetensors(std::span<const std::uint8_t> head, std::uint64_t fileSize)
 {

@@ -27,6 +27,12 @@
 // writeSafetensorsFolder converts a llama model read from GGUF or llama2.c back to Hugging Face
 // order, so the folder it writes is a faithful Hugging Face model.
 //
+// GPTQ checkpoints (config.json quantization_config.quant_method "gptq", checkpoint_format
+// "gptq" or "gptq_v2"; layout in io/gptq_layout.h): each layer's qweight/qzeros/scales/g_idx is
+// decoded on opening into a float32 "<module>.weight" held in memory (Model::files gets a
+// memory block), so the model is an ordinary float model to everything downstream; decoding
+// costs 4 bytes per weight of memory. Metadata "quantlens.gptq" records the configuration.
+//
 // Opening: openSafetensors in model_loader.h. Writing: below.
 #pragma once
 
@@ -46,6 +52,9 @@ namespace ql {
 // True when `head` (the first bytes of a file of `fileSize` bytes) starts like a safetensors
 // file: a header length that fits the file, then '{'.
 bool looksLikeSafetensors(std::span<const std::uint8_t> head, std::uint64_t fileSize);
+
+// config.json text (transformers' Llama / Qwen2 config) for `hp`, torch_dtype from `dtype`.
+std::string huggingFaceConfig(const HyperParams& hp, TensorType dtype);
 
 // Hugging Face name of a canonical tensor name ("blk.3.attn_q.weight" ->
 // "model.layers.3.self_attn.q_proj.weight"); names without an equivalent are returned unchanged.

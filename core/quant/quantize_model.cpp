@@ -269,6 +269,8 @@ Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& 
             gr.damp = g->damp;
             gr.dampRaises = g->dampRaises;
             gr.deadColumns = g->deadColumns;
+            gr.orderHead.assign(g->order.begin(),
+                                g->order.begin() + std::min<std::ptrdiff_t>(64, g->order.size()));
             gr.seconds = g->seconds;
             rep.gptq = std::move(gr);
             q = std::move(g->quantized);

@@ -81,6 +81,7 @@ struct GptqReport {
     double damp = 0;       // fraction of mean(diag H) finally used
     std::vector<std::string> dampRaises;
     std::int64_t deadColumns = 0;
+    std::vector<std::int32_t> orderHead;  // the first (at most 64) columns GPTQ processed
     double seconds = 0;
 };
 

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -333,7 +334,311 @@ Result<ProbeStats> readProbe(hid_t probes, const std::string& name, HessianPreci
     return p;
 }
 
+// --- version 2 groups: one writer and one reader per group ---------------------------------------
+
+bool hasLink(hid_t parent, const char* name)
+{
+    return H5Lexists(parent, name, H5P_DEFAULT) > 0;
+}
+
+Status writeLayoutGroup(hid_t root, const SessionData& s)
+{
+    if (s.layout.empty()) return {};
+    Handle g = createGroup(root, "layout");
+    if (!g.valid()) return h5Error("cannot create /layout");
+    return writeAttr(g.get(), "text", s.layout);
+}
+
+Status readLayoutGroup(hid_t root, SessionData& s)
+{
+    if (!hasLink(root, "layout")) return {};
+    Handle g(H5Gopen2(root, "layout", H5P_DEFAULT), H5Gclose);
+    auto t = readStringAttr(g.get(), "text");
+    if (!t) return t.error();
+    s.layout = *t;
+    return {};
+}
+
+Status writeQuantizationGroup(hid_t root, const SessionData& s)
+{
+    if (!s.quantization) return {};
+    const SessionQuantization& q = *s.quantization;
+    Handle g = createGroup(root, "quantization");
+    if (!g.valid()) return h5Error("cannot create /quantization");
+    QL_TRY_STATUS(writeAttr(g.get(), "layout", q.layout));
+    QL_TRY_STATUS(writeAttr(g.get(), "seconds", q.seconds));
+    std::vector<std::string> name, format, method;
+    std::vector<double> mse, sqnr, rel, loss, rtn, damp;
+    std::vector<std::int64_t> dead;
+    std::vector<std::int32_t> act;
+    for (const auto& t : q.tensors) {
+        name.push_back(t.name);
+        format.push_back(t.format);
+        method.push_back(t.method);
+        mse.push_back(t.mse);
+        sqnr.push_back(t.sqnrDb);
+        rel.push_back(t.outputErrorRelative);
+        loss.push_back(t.gptqLoss);
+        rtn.push_back(t.rtnLoss);
+        damp.push_back(t.damp);
+        dead.push_back(t.deadColumns);
+        act.push_back(t.actOrder ? 1 : 0);
+    }
+    QL_TRY_STATUS(writeStrings(g.get(), "name", name));
+    QL_TRY_STATUS(writeStrings(g.get(), "format", format));
+    QL_TRY_STATUS(writeStrings(g.get(), "method", method));
+    QL_TRY_STATUS(writeDataset(g.get(), "mse", H5T_NATIVE_DOUBLE, mse));
+    QL_TRY_STATUS(writeDataset(g.get(), "sqnr_db", H5T_NATIVE_DOUBLE, sqnr));
+    QL_TRY_STATUS(writeDataset(g.get(), "output_error_rel", H5T_NATIVE_DOUBLE, rel));
+    QL_TRY_STATUS(writeDataset(g.get(), "gptq_loss", H5T_NATIVE_DOUBLE, loss));
+    QL_TRY_STATUS(writeDataset(g.get(), "rtn_loss", H5T_NATIVE_DOUBLE, rtn));
+    QL_TRY_STATUS(writeDataset(g.get(), "damp", H5T_NATIVE_DOUBLE, damp));
+    QL_TRY_STATUS(writeDataset(g.get(), "dead_columns", H5T_NATIVE_INT64, dead));
+    QL_TRY_STATUS(writeDataset(g.get(), "act_order", H5T_NATIVE_INT32, act));
+    Handle order = createGroup(g.get(), "order");
+    for (const auto& t : q.tensors)
+        if (!t.orderHead.empty())
+            QL_TRY_STATUS(writeDataset(order.get(), t.name.c_str(), H5T_NATIVE_INT32, t.orderHead));
+    return {};
+}
+
+Status readQuantizationGroup(hid_t root, SessionData& s)
+{
+    if (!hasLink(root, "quantization")) return {};
+    Handle g(H5Gopen2(root, "quantization", H5P_DEFAULT), H5Gclose);
+    SessionQuantization q;
+    auto layout = readStringAttr(g.get(), "layout");
+    auto seconds = readNumberAttr<double>(g.get(), "seconds", H5T_NATIVE_DOUBLE);
+    auto name = readStrings(g.get(), "name", 0);
+    if (!layout || !seconds || !name) return h5Error("incomplete /quantization group");
+    q.layout = *layout;
+    q.seconds = *seconds;
+    const hsize_t n = name->size();
+    auto format = readStrings(g.get(), "format", n);
+    auto method = readStrings(g.get(), "method", n);
+    auto mse = readDataset<double>(g.get(), "mse", H5T_NATIVE_DOUBLE, n);
+    auto sqnr = readDataset<double>(g.get(), "sqnr_db", H5T_NATIVE_DOUBLE, n);
+    auto rel = readDataset<double>(g.get(), "output_error_rel", H5T_NATIVE_DOUBLE, n);
+    auto loss = readDataset<double>(g.get(), "gptq_loss", H5T_NATIVE_DOUBLE, n);
+    auto rtn = readDataset<double>(g.get(), "rtn_loss", H5T_NATIVE_DOUBLE, n);
+    auto damp = readDataset<double>(g.get(), "damp", H5T_NATIVE_DOUBLE, n);
+    auto dead = readDataset<std::int64_t>(g.get(), "dead_columns", H5T_NATIVE_INT64, n);
+    auto act = readDataset<std::int32_t>(g.get(), "act_order", H5T_NATIVE_INT32, n);
+    if (!format || !method || !mse || !sqnr || !rel || !loss || !rtn || !damp || !dead || !act)
+        return h5Error("incomplete /quantization group (a per-tensor column is missing or short)");
+    Handle order(H5Gopen2(g.get(), "order", H5P_DEFAULT), H5Gclose);
+    for (hsize_t i = 0; i < n; ++i) {
+        SessionTensorResult t;
+        t.name = (*name)[i];
+        t.format = (*format)[i];
+        t.method = (*method)[i];
+        t.mse = (*mse)[i];
+        t.sqnrDb = (*sqnr)[i];
+        t.outputErrorRelative = (*rel)[i];
+        t.gptqLoss = (*loss)[i];
+        t.rtnLoss = (*rtn)[i];
+        t.damp = (*damp)[i];
+        t.deadColumns = (*dead)[i];
+        t.actOrder = (*act)[i] != 0;
+        if (order.valid() && hasLink(order.get(), t.name.c_str())) {
+            auto o = readDataset<std::int32_t>(order.get(), t.name.c_str(), H5T_NATIVE_INT32, 0);
+            if (!o) return o.error();
+            t.orderHead = std::move(o).value();
+        }
+        q.tensors.push_back(std::move(t));
+    }
+    s.quantization = std::move(q);
+    return {};
+}
+
+Status writeEvaluationsGroup(hid_t root, const SessionData& s)
+{
+    if (s.evaluations.empty()) return {};
+    Handle g = createGroup(root, "evaluations");
+    if (!g.valid()) return h5Error("cannot create /evaluations");
+    for (std::size_t i = 0; i < s.evaluations.size(); ++i) {
+        const SessionEvaluation& e = s.evaluations[i];
+        Handle h = createGroup(g.get(), std::to_string(i).c_str());
+        QL_TRY_STATUS(writeAttr(h.get(), "layout", e.layout));
+        QL_TRY_STATUS(writeAttr(h.get(), "text", e.text));
+        QL_TRY_STATUS(writeAttr(h.get(), "protocol", e.protocol));
+        QL_TRY_STATUS(writeAttr(h.get(), "device", e.device));
+        QL_TRY_STATUS(writeAttr(h.get(), "created", e.created.empty() ? isoNow() : e.created));
+        QL_TRY_STATUS(writeAttr(h.get(), "ctx", std::int64_t(e.ctx)));
+        QL_TRY_STATUS(writeAttr(h.get(), "tokens", std::int64_t(e.tokens)));
+        QL_TRY_STATUS(writeAttr(h.get(), "windows", std::int64_t(e.windows)));
+        QL_TRY_STATUS(writeAttr(h.get(), "ppl", e.ppl));
+        QL_TRY_STATUS(writeAttr(h.get(), "ppl_stderr", e.pplStdError));
+        if (e.referencePpl) QL_TRY_STATUS(writeAttr(h.get(), "reference_ppl", *e.referencePpl));
+        if (e.klMean) QL_TRY_STATUS(writeAttr(h.get(), "kl_mean", *e.klMean));
+        if (e.klP99) QL_TRY_STATUS(writeAttr(h.get(), "kl_p99", *e.klP99));
+        if (e.sameTop) QL_TRY_STATUS(writeAttr(h.get(), "same_top", *e.sameTop));
+    }
+    return {};
+}
+
+std::optional<double> optionalDouble(hid_t obj, const char* name)
+{
+    if (H5Aexists(obj, name) <= 0) return std::nullopt;
+    auto v = readNumberAttr<double>(obj, name, H5T_NATIVE_DOUBLE);
+    return v ? std::optional<double>(*v) : std::nullopt;
+}
+
+Status readEvaluationsGroup(hid_t root, SessionData& s)
+{
+    if (!hasLink(root, "evaluations")) return {};
+    Handle g(H5Gopen2(root, "evaluations", H5P_DEFAULT), H5Gclose);
+    for (int i = 0;; ++i) {
+        const std::string key = std::to_string(i);
+        if (!hasLink(g.get(), key.c_str())) break;
+        Handle h(H5Gopen2(g.get(), key.c_str(), H5P_DEFAULT), H5Gclose);
+        SessionEvaluation e;
+        auto layout = readStringAttr(h.get(), "layout");
+        auto text = readStringAttr(h.get(), "text");
+        auto protocol = readStringAttr(h.get(), "protocol");
+        auto device = readStringAttr(h.get(), "device");
+        auto created = readStringAttr(h.get(), "created");
+        auto ctx = readNumberAttr<std::int64_t>(h.get(), "ctx", H5T_NATIVE_INT64);
+        auto tokens = readNumberAttr<std::int64_t>(h.get(), "tokens", H5T_NATIVE_INT64);
+        auto windows = readNumberAttr<std::int64_t>(h.get(), "windows", H5T_NATIVE_INT64);
+        auto ppl = readNumberAttr<double>(h.get(), "ppl", H5T_NATIVE_DOUBLE);
+        auto se = readNumberAttr<double>(h.get(), "ppl_stderr", H5T_NATIVE_DOUBLE);
+        if (!layout || !text || !protocol || !device || !created || !ctx || !tokens || !windows ||
+            !ppl || !se)
+            return h5Error("incomplete evaluation /evaluations/" + key);
+        e.layout = *layout;
+        e.text = *text;
+        e.protocol = *protocol;
+        e.device = *device;
+        e.created = *created;
+        e.ctx = *ctx;
+        e.tokens = *tokens;
+        e.windows = *windows;
+        e.ppl = *ppl;
+        e.pplStdError = *se;
+        e.referencePpl = optionalDouble(h.get(), "reference_ppl");
+        e.klMean = optionalDouble(h.get(), "kl_mean");
+        e.klP99 = optionalDouble(h.get(), "kl_p99");
+        e.sameTop = optionalDouble(h.get(), "same_top");
+        s.evaluations.push_back(std::move(e));
+    }
+    return {};
+}
+
+Status writeViewGroup(hid_t root, const SessionData& s)
+{
+    if (s.view.empty()) return {};
+    Handle g = createGroup(root, "view");
+    if (!g.valid()) return h5Error("cannot create /view");
+    std::vector<std::string> keys, values;
+    for (const auto& [k, v] : s.view) {
+        keys.push_back(k);
+        values.push_back(v);
+    }
+    QL_TRY_STATUS(writeStrings(g.get(), "keys", keys));
+    return writeStrings(g.get(), "values", values);
+}
+
+Status readViewGroup(hid_t root, SessionData& s)
+{
+    if (!hasLink(root, "view")) return {};
+    Handle g(H5Gopen2(root, "view", H5P_DEFAULT), H5Gclose);
+    auto keys = readStrings(g.get(), "keys", 0);
+    if (!keys) return keys.error();
+    auto values = readStrings(g.get(), "values", keys->size());
+    if (!values) return values.error();
+    for (std::size_t i = 0; i < keys->size(); ++i) s.view.emplace_back((*keys)[i], (*values)[i]);
+    return {};
+}
+
 }  // namespace
+
+const std::string* SessionData::viewValue(const std::string& key) const
+{
+    for (const auto& [k, v] : view)
+        if (k == key) return &v;
+    return nullptr;
+}
+
+SessionQuantization summarizeQuantization(const QuantizedModel& model)
+{
+    SessionQuantization q;
+    q.layout = model.layout;
+    q.seconds = model.seconds;
+    for (const auto& t : model.tensors) {
+        SessionTensorResult r;
+        const TensorReport& rep = t.report;
+        r.name = rep.plan.name;
+        r.format = formatToString(rep.plan.format);
+        r.method = quantMethodName(rep.plan.method);
+        r.mse = rep.metrics.mse;
+        r.sqnrDb = rep.metrics.sqnrDb;
+        if (rep.outputError) r.outputErrorRelative = rep.outputError->relative;
+        if (rep.gptq) {
+            r.gptqLoss = rep.gptq->loss;
+            r.rtnLoss = rep.gptq->rtnLoss;
+            r.damp = rep.gptq->damp;
+            r.deadColumns = rep.gptq->deadColumns;
+            r.actOrder = rep.gptq->options.actOrder;
+            r.orderHead = rep.gptq->orderHead;
+        }
+        q.tensors.push_back(std::move(r));
+    }
+    return q;
+}
+
+std::vector<std::string> describeSession(const SessionData& s)
+{
+    std::vector<std::string> out;
+    char buf[512];
+    out.push_back("version     " + std::to_string(s.fileVersion) +
+                  (s.fileVersion < kSessionVersion
+                       ? " (upgraded on save to " + std::to_string(kSessionVersion) + ")"
+                       : std::string()));
+    out.push_back("model       " + s.model.path + " (" + s.model.format + ", " +
+                  s.model.architecture + ", " + std::to_string(s.model.parameters) +
+                  " parameters, " + std::to_string(s.model.fileSize) + " bytes, hash " +
+                  hashToHex(s.model.hash) + ")");
+    if (s.calibration) {
+        const auto& c = *s.calibration;
+        std::snprintf(buf, sizeof buf, "calibration %zu probes, %lld tokens (%d x %d), hessian %s",
+                      c.probes.size(), (long long)c.tokens, c.config.samples, c.config.seqLen,
+                      hessianName(c.config.hessian));
+        out.push_back(buf);
+    } else {
+        out.push_back("calibration none");
+    }
+    out.push_back("layout      " + (s.layout.empty() ? std::string("none") : s.layout));
+    if (s.quantization) {
+        int gptq = 0;
+        for (const auto& t : s.quantization->tensors) gptq += std::isnan(t.gptqLoss) ? 0 : 1;
+        out.push_back("quantized   " + s.quantization->layout + ": " +
+                      std::to_string(s.quantization->tensors.size()) + " tensors, " +
+                      std::to_string(gptq) + " by GPTQ");
+        for (const auto& t : s.quantization->tensors)
+            if (!std::isnan(t.gptqLoss)) {
+                std::snprintf(buf, sizeof buf, "  gptq      %s %s loss %.4g (rtn %.4g) damp %.3g%s",
+                              t.name.c_str(), t.format.c_str(), t.gptqLoss, t.rtnLoss, t.damp,
+                              t.actOrder ? " act-order" : "");
+                out.push_back(buf);
+            }
+    }
+    for (const auto& e : s.evaluations) {
+        std::snprintf(buf, sizeof buf, "evaluation  %s on %s (%s, ctx %lld): PPL %.4f +/- %.4f",
+                      e.layout.empty() ? "unquantized" : e.layout.c_str(), e.text.c_str(),
+                      e.protocol.c_str(), (long long)e.ctx, e.ppl, e.pplStdError);
+        std::string line = buf;
+        if (e.klMean) {
+            std::snprintf(buf, sizeof buf, ", KL %.6f", *e.klMean);
+            line += buf;
+        }
+        out.push_back(line);
+    }
+    out.push_back("view        " + std::to_string(s.view.size()) + " entries");
+    for (const auto& [k, v] : s.view)
+        out.push_back("  " + k + " = " + (v.size() > 60 ? v.substr(0, 57) + "..." : v));
+    return out;
+}
 
 Result<ModelIdentity> identifyModel(const Model& model, const ProgressFn& progress)
 {
@@ -376,6 +681,8 @@ Status writeSession(const std::string& path, const SessionData& session, const P
         auto st = [&]() -> Status {
             QL_TRY_STATUS(writeAttr(root, "format", std::string("quantlens-session")));
             QL_TRY_STATUS(writeAttr(root, "version", std::int32_t(kSessionVersion)));
+            QL_TRY_STATUS(
+                writeAttr(root, "compatible_version", std::int32_t(kSessionCompatibleVersion)));
             QL_TRY_STATUS(writeAttr(root, "quantlens_version", std::string("0.1.0")));
             QL_TRY_STATUS(writeAttr(root, "created", isoNow()));
             Handle m = createGroup(root, "model");
@@ -413,6 +720,10 @@ Status writeSession(const std::string& path, const SessionData& session, const P
                         return makeError(ErrorCode::Cancelled, "writing the session was cancelled");
                 }
             }
+            QL_TRY_STATUS(writeLayoutGroup(root, session));
+            QL_TRY_STATUS(writeQuantizationGroup(root, session));
+            QL_TRY_STATUS(writeEvaluationsGroup(root, session));
+            QL_TRY_STATUS(writeViewGroup(root, session));
             return {};
         }();
         if (!st) return fail(st.error());
@@ -441,12 +752,19 @@ Result<SessionData> readSession(const std::string& path, const ProgressFn& progr
         return makeError(ErrorCode::Format, path + ": not a QuantLens session");
     auto version = readNumberAttr<std::int32_t>(root, "version", H5T_NATIVE_INT32);
     if (!version) return version.error();
-    if (*version > kSessionVersion)
-        return makeError(ErrorCode::Unsupported, path + ": session version " +
-                                                     std::to_string(*version) +
-                                                     " is newer than this QuantLens reads (" +
-                                                     std::to_string(kSessionVersion) + ")");
+    std::int32_t compatible = *version;
+    if (H5Aexists(root, "compatible_version") > 0) {
+        auto c = readNumberAttr<std::int32_t>(root, "compatible_version", H5T_NATIVE_INT32);
+        if (!c) return c.error();
+        compatible = *c;
+    }
+    if (compatible > kSessionVersion)
+        return makeError(ErrorCode::Unsupported,
+                         path + ": session version " + std::to_string(*version) +
+                             " needs QuantLens's session reader " + std::to_string(compatible) +
+                             " or later; this one is " + std::to_string(kSessionVersion));
     SessionData out;
+    out.fileVersion = *version;
     {
         Handle m(H5Gopen2(root, "model", H5P_DEFAULT), H5Gclose);
         if (!m.valid()) return h5Error("missing group /model");
@@ -513,6 +831,10 @@ Result<SessionData> readSession(const std::string& path, const ProgressFn& progr
         });
         out.calibration = std::move(c);
     }
+    QL_TRY_STATUS(readLayoutGroup(root, out));
+    QL_TRY_STATUS(readQuantizationGroup(root, out));
+    QL_TRY_STATUS(readEvaluationsGroup(root, out));
+    QL_TRY_STATUS(readViewGroup(root, out));
     return out;
 }
 

@@ -2,10 +2,19 @@
 // opening it recomputes nothing. Writes go to "<path>.tmp-<pid>" and are renamed into place, so a
 // cancelled or failed write never leaves a half-written session.
 //
-// Layout, version 1 (every later addition is a new group; readers ignore groups they don't know):
+// Versions. `version` is the format this file was written in; `compatible_version` the oldest
+// reader that reads it correctly (absent: equal to version). A reader refuses a file whose
+// compatible_version is newer than kSessionVersion, reads everything else, and ignores groups it
+// does not know, so a later addition (a new group, e.g. /sensitivity) raises `version` but not
+// `compatible_version`. Upgrade: version 1 files (model + calibration) read with empty layout,
+// quantization, evaluations and view state; saving writes the current version.
+// History: 1 model, calibration. 2 layout, quantization, evaluations, view, compatible_version.
 //
-//   /                          attrs  format = "quantlens-session" (string), version = 1 (int32),
-//                                     quantlens_version (string), created (string, ISO 8601 UTC)
+// Layout, version 2:
+//
+//   /                          attrs  format = "quantlens-session" (string), version = 2 (int32),
+//                                     compatible_version = 1 (int32), quantlens_version
+//                                     (string), created (string, ISO 8601 UTC)
 //   /model                     attrs  path, format ("GGUF" | "safetensors" | "llama2.c"),
 //                                     architecture (strings); file_size (uint64); hash (string,
 //                                     16 hex digits of ql::hashPath); parameters (int64)
@@ -27,20 +36,43 @@
 //                                          int32 [K]       largest |x|, by descending |x|
 //                                top_before / top_token / top_after  variable-length strings [K]
 //                                hessian   float32 or float64 [C][C]   Σ xᵀx (absent for "none")
+//   /layout                    attrs  text (string: the layout being edited, canonical rules)
+//   /quantization              the last quantization of the model, one row per tensor (N):
+//                              attrs  layout (string), seconds (double)
+//                              datasets name, format, method   strings [N]
+//                                       mse, sqnr_db, output_error_rel (NaN: unknown)  f64 [N]
+//                                       gptq_loss, rtn_loss, damp (NaN: not GPTQ)      f64 [N]
+//                                       dead_columns int64 [N]; act_order int32 [N]
+//   /quantization/order/<name> int32 [<= 64]: GPTQ's first processed columns (act-order)
+//   /evaluations/<i>           one group per evaluation, i = 0, 1, ... in the order run
+//                              attrs  layout, text, protocol ("llama.cpp" | "per-document"),
+//                                     device, created (strings); ctx, tokens, windows (int64);
+//                                     ppl, ppl_stderr (double); reference_ppl, kl_mean, kl_p99,
+//                                     same_top (double, present with a KL comparison)
+//   /view                      datasets keys, values   strings [M]: the GUI's view state
+//                              (selected tensor, window geometry and dock state as base64...)
+//                              as opaque key/value pairs
 #pragma once
 
 #include <cstdint>
 #include <optional>
 #include <string>
 
+#include <limits>
+#include <utility>
+#include <vector>
+
 #include "calib/calibration.h"
 #include "model/model.h"
+#include "quant/quantize_model.h"
 #include "util/progress.h"
 #include "util/result.h"
 
 namespace ql {
 
-inline constexpr int kSessionVersion = 1;
+inline constexpr int kSessionVersion = 2;
+// The oldest reader version that reads what this version writes.
+inline constexpr int kSessionCompatibleVersion = 1;
 
 struct ModelIdentity {
     std::string path;
@@ -54,10 +86,49 @@ struct ModelIdentity {
 // Identity of an opened model (hashes its files: cancellable).
 Result<ModelIdentity> identifyModel(const Model& model, const ProgressFn& progress = {});
 
+// One tensor of a quantization run, without its data (from quant/quantize_model.h's report).
+struct SessionTensorResult {
+    std::string name, format, method;
+    double mse = 0, sqnrDb = 0;
+    double outputErrorRelative = std::numeric_limits<double>::quiet_NaN();
+    double gptqLoss = std::numeric_limits<double>::quiet_NaN();  // NaN: GPTQ did not run
+    double rtnLoss = std::numeric_limits<double>::quiet_NaN();
+    double damp = std::numeric_limits<double>::quiet_NaN();
+    std::int64_t deadColumns = 0;
+    bool actOrder = false;
+    std::vector<std::int32_t> orderHead;  // GPTQ's first processed columns (at most 64)
+};
+
+struct SessionQuantization {
+    std::string layout;
+    double seconds = 0;
+    std::vector<SessionTensorResult> tensors;
+};
+// The summary of a quantized model a session keeps.
+SessionQuantization summarizeQuantization(const QuantizedModel& model);
+
+struct SessionEvaluation {
+    std::string layout;  // empty: the unquantized model
+    std::string text, protocol = "llama.cpp", device, created;
+    std::int64_t ctx = 0, tokens = 0, windows = 0;
+    double ppl = 0, pplStdError = 0;
+    std::optional<double> referencePpl, klMean, klP99, sameTop;
+};
+
 struct SessionData {
     ModelIdentity model;
     std::optional<CalibrationResult> calibration;
+    std::string layout;
+    std::optional<SessionQuantization> quantization;
+    std::vector<SessionEvaluation> evaluations;
+    std::vector<std::pair<std::string, std::string>> view;  // key, value (UI-defined)
+    int fileVersion = kSessionVersion;                      // as read (0 for a new session)
+
+    const std::string* viewValue(const std::string& key) const;
 };
+
+// Lines describing a session (quantlens-cli session info).
+std::vector<std::string> describeSession(const SessionData& session);
 
 Status writeSession(const std::string& path, const SessionData& session,
                     const ProgressFn& progress = {});
