@@ -130,6 +130,13 @@ private:
     Status onLinearInput(const LinearInput& in)
     {
         if (!m_statsEnabled) return {};
+        QL_CUDA_TRY(cudaEventRecord(m_statsFork, in.stream));
+        QL_CUDA_TRY(cudaStreamWaitEvent(m_statsStream, m_statsFork, 0));
+        struct Join {  // the buffer's readers are done once this event has run
+            cudaEvent_t done;
+            cudaStream_t stream;
+            ~Join() { cudaEventRecord(done, stream); }
+        } join{m_statsDone[in.site], m_statsStream};
         const std::size_t index = m_streamed ? std::size_t(in.site)
                                              : std::size_t(in.block) * 4 + std::size_t(in.site);
         cuda::DeviceStats& stats = m_stats[index];
@@ -141,6 +148,19 @@ private:
     }
     void releaseStats();
     void accountStatsMemory();
+    Status createStatsStream();
+    // Before the forward's stream overwrites the buffer that probe `site` reads.
+    Status waitStats(int site)
+    {
+        if (!m_statsEnabled) return {};
+        QL_CUDA_TRY(cudaStreamWaitEvent(m_ctx->stream(), m_statsDone[site], 0));
+        return {};
+    }
+    Status syncStats()
+    {
+        if (m_statsStream) QL_CUDA_TRY(cudaStreamSynchronize(m_statsStream));
+        return {};
+    }
 
     // Declared first: destroyed after every buffer below.
     std::shared_ptr<CudaContext> m_ctx;
@@ -156,6 +176,14 @@ private:
     RunnerStatsOptions m_statsOptions;
     HessianPrecision m_statsHessian = HessianPrecision::None;
     std::vector<DownloadLane> m_lanes;  // takeStats' download threads, kept for the next call
+    // The statistics run on a stream of their own (with a cuBLAS handle of their own for the
+    // Hessians), forked from the forward's stream where an input is ready, so the probes overlap
+    // the GEMMs; a buffer a probe reads is not overwritten before the probe's work is done
+    // (waitStats before each write of m_h, m_attn, m_g).
+    cudaStream_t m_statsStream = nullptr;
+    cublasHandle_t m_statsBlas = nullptr;
+    cudaEvent_t m_statsFork = nullptr;
+    cudaEvent_t m_statsDone[4] = {nullptr, nullptr, nullptr, nullptr};  // per site's buffer
     std::uint64_t m_statsBytes = 0;    // their device memory, counted in m_memory
 
     DeviceTensor m_embd, m_output;  // m_output empty when the head is tied to m_embd
@@ -231,6 +259,13 @@ CudaLlamaRunner::~CudaLlamaRunner()
         if (m_slotFree[i]) cudaEventDestroy(m_slotFree[i]);
     }
     if (m_copyStream) cudaStreamDestroy(m_copyStream);
+    if (m_statsStream) cudaStreamSynchronize(m_statsStream);
+    m_stats.clear();  // their work is done; they use the handle below
+    if (m_statsBlas) cublasDestroy(m_statsBlas);
+    if (m_statsFork) cudaEventDestroy(m_statsFork);
+    for (auto& e : m_statsDone)
+        if (e) cudaEventDestroy(e);
+    if (m_statsStream) cudaStreamDestroy(m_statsStream);
 }
 
 Result<std::unique_ptr<ModelRunner>> CudaLlamaRunner::create(std::shared_ptr<CudaContext> ctx,
@@ -641,6 +676,8 @@ Status CudaLlamaRunner::runBlock(const Block& w, int bi, std::int64_t r0, std::i
         return onLinearInput(probe);
     };
 
+    QL_TRY_STATUS(waitStats(0));
+    QL_TRY_STATUS(waitStats(2));
     launchRmsNorm(x, rows, s.dim, w.attnNorm.data(), s.rmsNormEps, m_h.data(), m_type, stream);
     QL_TRY_STATUS(CudaContext::checkLaunch("rmsnorm"));
     QL_TRY_STATUS(observe(0, m_h.data(), s.dim));
@@ -655,17 +692,20 @@ Status CudaLlamaRunner::runBlock(const Block& w, int bi, std::int64_t r0, std::i
     launchRope(m_qkv.at(std::size_t(m_qDim)), m_type, rows, m_qkvDim, int(s.kvHeads),
                int(s.headDim), m_ropeCos.data(), m_ropeSin.data(), T, s.ropeHalfSplit, stream);
     QL_TRY_STATUS(CudaContext::checkLaunch("rope"));
+    QL_TRY_STATUS(waitStats(1));
     QL_TRY_STATUS(
         causalAttention(*m_ctx, m_attention, as, m_qkv.data(), m_type, m_attn.data(), kernel));
     QL_TRY_STATUS(observe(1, m_attn.data(), m_qDim));
     QL_TRY_STATUS(linear(*m_ctx, m_attn.data(), m_type, m_qDim, w.wo.data(), rows, m_qDim, s.dim,
                          x, DType::F32, s.dim, 1.0f));
 
+    QL_TRY_STATUS(waitStats(0));
     launchRmsNorm(x, rows, s.dim, w.ffnNorm.data(), s.rmsNormEps, m_h.data(), m_type, stream);
     QL_TRY_STATUS(CudaContext::checkLaunch("rmsnorm"));
     QL_TRY_STATUS(observe(2, m_h.data(), s.dim));
     QL_TRY_STATUS(linear(*m_ctx, m_h.data(), m_type, s.dim, w.wgu.data(), rows, s.dim,
                          2 * s.ffnDim, m_gu.data(), m_type, 2 * s.ffnDim));
+    QL_TRY_STATUS(waitStats(3));
     launchSwiglu(m_gu.data(), m_type, rows, s.ffnDim, 2 * s.ffnDim, s.ffnDim, m_g.data(), m_type,
                  stream);
     QL_TRY_STATUS(CudaContext::checkLaunch("swiglu"));
@@ -697,6 +737,7 @@ Status CudaLlamaRunner::forward(std::span<const std::int32_t> tokens, std::int64
         m_streamed ? std::min(rows, std::max<std::int64_t>(1, m_chunkRows / T) * T) : rows;
     auto cancelled = [&]() -> Status {
         QL_TRY_STATUS(m_ctx->synchronize());
+        QL_TRY_STATUS(syncStats());
         if (m_copyStream) cudaStreamSynchronize(m_copyStream);
         return makeError(ErrorCode::Cancelled, "the forward pass was cancelled");
     };
@@ -744,6 +785,7 @@ Status CudaLlamaRunner::forward(std::span<const std::int32_t> tokens, std::int64
         }
         QL_TRY_STATUS(runHead(rows, T, onLogits));
         QL_TRY_STATUS(m_ctx->synchronize());
+        QL_TRY_STATUS(syncStats());
         if (m_statsEnabled) accountStatsMemory();
         if (!reportProgress(progress, 1.0, "forward"))
             return makeError(ErrorCode::Cancelled, "the forward pass was cancelled");
@@ -756,6 +798,7 @@ Status CudaLlamaRunner::forward(std::span<const std::int32_t> tokens, std::int64
 Status CudaLlamaRunner::collectBlockStats(std::int64_t b)
 {
     QL_TRY_STATUS(m_ctx->synchronize());
+    QL_TRY_STATUS(syncStats());
     if (m_lanes.empty()) {
         auto lane = DownloadLane::create();
         if (lane) m_lanes.push_back(std::move(lane).value());
@@ -778,6 +821,7 @@ Status CudaLlamaRunner::enableStats(const RunnerStatsOptions& options)
 {
     QL_TRY_STATUS(m_ctx->activate());
     releaseStats();
+    QL_TRY_STATUS(createStatsStream());
     const std::int64_t widths[4] = {m_shape.dim, m_qDim, m_shape.dim, m_shape.ffnDim};
     try {
         std::vector<DeviceStats> stats;
@@ -786,8 +830,8 @@ Status CudaLlamaRunner::enableStats(const RunnerStatsOptions& options)
         std::uint64_t bytes = 0;
         for (std::int64_t b = 0; b < sets; ++b)
             for (std::int64_t width : widths) {
-                auto s = DeviceStats::create(std::int32_t(width), options, m_ctx->stream(),
-                                             m_ctx->blas());
+                auto s = DeviceStats::create(std::int32_t(width), options, m_statsStream,
+                                             m_statsBlas);
                 if (!s) {
                     if (s.error().code == ErrorCode::OutOfMemory)
                         return makeError(ErrorCode::OutOfMemory,
@@ -819,6 +863,7 @@ Result<std::vector<ActivationStats>> CudaLlamaRunner::takeStats()
         return makeError(ErrorCode::InvalidArgument, "takeStats: statistics are not enabled");
     QL_TRY_STATUS(m_ctx->activate());
     QL_TRY_STATUS(m_ctx->synchronize());
+    QL_TRY_STATUS(syncStats());
     if (m_streamed) {
         // Each block's statistics reached the host when the block finished.
         std::vector<ActivationStats> out;
@@ -885,6 +930,23 @@ Result<std::vector<ActivationStats>> CudaLlamaRunner::takeStats()
     }
 }
 
+Status CudaLlamaRunner::createStatsStream()
+{
+    if (m_statsStream) return {};
+    QL_CUDA_TRY(cudaStreamCreateWithFlags(&m_statsStream, cudaStreamNonBlocking));
+    QL_CUDA_TRY(cudaEventCreateWithFlags(&m_statsFork, cudaEventDisableTiming));
+    for (auto& e : m_statsDone) QL_CUDA_TRY(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    if (cublasCreate(&m_statsBlas) != CUBLAS_STATUS_SUCCESS) {
+        m_statsBlas = nullptr;
+        return makeError(ErrorCode::Device, "cannot create a cuBLAS handle for the statistics");
+    }
+    if (cublasSetStream(m_statsBlas, m_statsStream) != CUBLAS_STATUS_SUCCESS)
+        return makeError(ErrorCode::Device, "cublasSetStream failed for the statistics");
+    // The events start out recorded, so the first waits find nothing pending.
+    for (auto& e : m_statsDone) QL_CUDA_TRY(cudaEventRecord(e, m_statsStream));
+    return {};
+}
+
 void CudaLlamaRunner::disableStats()
 {
     if (m_ctx->activate()) releaseStats();
@@ -902,8 +964,9 @@ void CudaLlamaRunner::accountStatsMemory()
 
 void CudaLlamaRunner::releaseStats()
 {
-    // Work still queued on the stream may read the accumulators.
+    // Work still queued on the streams may read the accumulators.
     (void)m_ctx->synchronize();
+    (void)syncStats();
     m_stats.clear();
     m_hostStats.clear();
     m_memory.remove(m_statsBytes);
@@ -925,6 +988,10 @@ Status CudaLlamaRunner::runHead(std::int64_t rows, std::int64_t seqLen, const Lo
     for (std::int64_t r0 = 0; r0 < rows; r0 += m_logitRows) {
         const std::int64_t n = std::min(m_logitRows, rows - r0);
         // m_h holds m_rows rows (m_logitRows <= m_rows): normalise this chunk only.
+        if (r0 == 0) {
+            QL_TRY_STATUS(waitStats(0));
+            QL_TRY_STATUS(waitStats(2));
+        }
         launchRmsNorm(m_x.data() + std::size_t(r0 * s.dim), n, s.dim, m_outputNorm.data(),
                       s.rmsNormEps, m_h.data(), m_type, stream);
         QL_TRY_STATUS(CudaContext::checkLaunch("rmsnorm"));
