@@ -40,26 +40,37 @@ struct CalibrationRun {
     ql::CalibrationResult result;
     ql::DeviceInfo device;        // free/total memory as the run ended
     std::uint64_t peakBytes = 0;  // the GPU runner's peak memory
-    std::string gpuFailure;       // why the GPU was given up for the CPU, if it was
+    // Why the GPU could not run it (out of memory, a driver error): nothing was calibrated, and
+    // the pane offers to run it on the CPU.
+    std::string gpuFailure;
 };
 
-// On the worker: the GPU when there is one (the CUDA runner in float32, which matches the CPU
-// reference to rounding), else LlamaModel on the CPU; a GPU failure (out of memory, a driver
-// error) runs the calibration again on the CPU.
+// On the worker: the GPU when there is one and `cpuOnly` is false (the CUDA runner in float32,
+// which matches the CPU reference to rounding; weights streamed block by block when the model
+// does not fit), else LlamaModel on the CPU. The progress text names the GPU and the memory the
+// runner holds.
 ql::Result<CalibrationRun> runCalibration(const ql::Model& model,
                                           const ql::CalibrationConfig& config,
-                                          const ql::ProgressFn& progress)
+                                          const ql::ProgressFn& progress, bool cpuOnly)
 {
     auto llama = ql::LlamaModel::create(model);
     if (!llama) return llama.error();
     auto tokenizer = ql::Tokenizer::create(model);
     if (!tokenizer) return tokenizer.error();
     CalibrationRun run;
-    auto backend = ql::createBackend(ql::BackendKind::Auto);
+    auto backend = ql::createBackend(cpuOnly ? ql::BackendKind::Cpu : ql::BackendKind::Auto);
     if (backend && (*backend)->device().isGpu) {
         auto runner = ql::createLlamaRunner(**backend, *llama, ql::Precision::Float32);
         if (runner) {
-            auto r = ql::calibrate(**runner, **tokenizer, config, progress);
+            const ql::ModelRunner& r0 = **runner;
+            auto withMemory = [&](double fraction, std::string_view what) {
+                const std::string line =
+                    std::string(what) + " · " + r0.device().name + ", " +
+                    human::bytes(r0.memoryBytes()).toStdString() + " in use" +
+                    (r0.streamsWeights() ? ", weights streamed block by block" : "");
+                return ql::reportProgress(progress, fraction, line);
+            };
+            auto r = ql::calibrate(**runner, **tokenizer, config, withMemory);
             if (r) {
                 run.result = std::move(r).value();
                 run.device = (*runner)->device();
@@ -71,6 +82,8 @@ ql::Result<CalibrationRun> runCalibration(const ql::Model& model,
         } else {
             run.gpuFailure = runner.error().message;
         }
+        run.device = (*backend)->device();
+        return run;
     }
     run.device = ql::createCpuBackend()->device();
     auto r = ql::calibrate(*llama, **tokenizer, config, progress, run.device.name);
@@ -266,7 +279,7 @@ void CalibrationPane::run()
     startCalibration(configFromControls());
 }
 
-void CalibrationPane::startCalibration(const ql::CalibrationConfig& config)
+void CalibrationPane::startCalibration(const ql::CalibrationConfig& config, bool cpuOnly)
 {
     const std::shared_ptr<const ql::Model> model = m_session->model();
     if (!model) {
@@ -287,10 +300,11 @@ void CalibrationPane::startCalibration(const ql::CalibrationConfig& config)
     activity.job = tr("calibrating");
     activity.device = m_session->device();
     m_session->setDeviceActivity(activity);
-    JobRunner::Work<CalibrationRun> work = [model, config](const ql::ProgressFn& progress) {
-        return runCalibration(*model, config, progress);
+    JobRunner::Work<CalibrationRun> work = [model, config,
+                                            cpuOnly](const ql::ProgressFn& progress) {
+        return runCalibration(*model, config, progress, cpuOnly);
     };
-    m_jobs->run(kCalibrateTag, this, std::move(work), [this](ql::Result<CalibrationRun> run) {
+    m_jobs->run(kCalibrateTag, this, std::move(work), [this, config](ql::Result<CalibrationRun> run) {
         setRunning(false);
         DeviceActivity done;
         if (run) {
@@ -298,6 +312,25 @@ void CalibrationPane::startCalibration(const ql::CalibrationConfig& config)
             done.peakBytes = run->peakBytes;
         }
         m_session->setDeviceActivity(done);
+        if (run && !run->gpuFailure.empty()) {
+            // Nothing was lost: the session is as it was. The user decides whether the (much
+            // slower) CPU should do it.
+            const QString why = QString::fromStdString(run->gpuFailure);
+            m_progress->setValue(0);
+            m_progressText->setText(tr("The GPU could not calibrate: %1").arg(why));
+            const auto answer = QMessageBox::question(
+                this, tr("Calibration"),
+                tr("%1 could not run the calibration:\n\n%2\n\nContinue on the CPU? It is "
+                   "slower; the results are the same to float rounding.")
+                    .arg(QString::fromStdString(run->device.name), why),
+                QMessageBox::Yes | QMessageBox::No, QMessageBox::Yes);
+            if (answer == QMessageBox::Yes) {
+                startCalibration(config, true);
+                return;
+            }
+            emit calibrationFinished(false, tr("The GPU failed: %1").arg(why));
+            return;
+        }
         if (!run) {
             const bool cancelled = run.error().code == ql::ErrorCode::Cancelled;
             const QString message = QString::fromStdString(run.error().message);
@@ -316,9 +349,6 @@ void CalibrationPane::startCalibration(const ql::CalibrationConfig& config)
                            .arg(human::count(result.tokens))
                            .arg(durationText(seconds))
                            .arg(human::number(rate, 3));
-        if (!run->gpuFailure.empty())
-            text += tr(". The GPU failed (%1), so this ran on the CPU.")
-                        .arg(QString::fromStdString(run->gpuFailure));
         m_progressText->setText(text);
         m_progressText->setToolTip(text);
         m_state->setResult(std::make_shared<const ql::CalibrationResult>(std::move(result)),

@@ -41,7 +41,8 @@ public:
     static QString defaultTextFile();
 
 public slots:
-    void startCalibration(const ql::CalibrationConfig& config);
+    // On the GPU when there is one, unless cpuOnly; a GPU failure asks whether to use the CPU.
+    void startCalibration(const ql::CalibrationConfig& config, bool cpuOnly = false);
     void run();  // from the controls
     void cancel();
     void saveSession(const QString& path);
