@@ -89,6 +89,7 @@ Result<std::shared_ptr<CudaContext>> CudaContext::create(int deviceIndex)
 CudaContext::~CudaContext()
 {
     if (m_stream) cudaStreamSynchronize(m_stream);
+    if (m_solver) cusolverDnDestroy(m_solver);
     if (m_blasLt) cublasLtDestroy(m_blasLt);
     if (m_blas) cublasDestroy(m_blas);
     m_workspace.release();
@@ -98,6 +99,15 @@ CudaContext::~CudaContext()
 DeviceInfo CudaContext::info() const
 {
     return describeDevice(m_device);
+}
+
+Result<cusolverDnHandle_t> CudaContext::solver()
+{
+    if (m_solver) return m_solver;
+    QL_CUDA_TRY(cudaSetDevice(m_device));
+    QL_CUSOLVER_TRY(cusolverDnCreate(&m_solver));
+    QL_CUSOLVER_TRY(cusolverDnSetStream(m_solver, m_stream));
+    return m_solver;
 }
 
 Status CudaContext::activate() const
