@@ -89,4 +89,13 @@ void launchGptqDecodeCheck(const float* q, const std::uint8_t* codes, const floa
                            const std::int32_t* zeros, std::int64_t rows, std::int64_t cols,
                            GptqGrid grid, unsigned long long* mismatches, cudaStream_t stream);
 
+// Benchmark inputs (gptq_bench.cu), from a counter-based hash so every run is the same:
+// activations tokens x cols row-major, heavy tailed (a normal times a log-normal scale), every
+// 97th channel 20x larger; weights rows x cols row-major, heavy tailed, every 61st input channel
+// 4x larger.
+void launchGptqBenchActivations(float* x, std::int64_t tokens, std::int64_t cols,
+                                unsigned long long seed, cudaStream_t stream);
+void launchGptqBenchWeights(float* w, std::int64_t rows, std::int64_t cols, unsigned long long seed,
+                            cudaStream_t stream);
+
 }  // namespace ql::cuda

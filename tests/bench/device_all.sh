@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Issue #5 in one GPU-machine call: build, every tests/gpu executable, and the benchmarks against
+# Issues #5 and #6 in one GPU-machine call: build, every tests/gpu executable, and the benchmarks against
 # transformers on generated Llama-3.2-1B- and Llama-3.1-8B-shaped folders (bench forward,
-# bench calibrate, bench hessian; tests/bench/hf_forward.py, hf_calibrate.py). Sections run in
+# bench calibrate, bench hessian; tests/bench/hf_forward.py, hf_calibrate.py) and GPTQ (bench gptq
+# against tests/bench/torch_gptq.py). Sections run in
 # order of importance and are skipped when the time budget (QL_BUDGET seconds, default 480) would
 # be exceeded. Logs in $OUT. Carry [".device", ".cache"] (packaging/device-stage.sh,
 # packaging/device-qt-bundle.sh):   run: bash tests/bench/device_all.sh
@@ -26,13 +27,14 @@ withqt cmake --build /tmp/b -j16 --target quantlens-cli > $OUT/build.log 2>&1 ||
 cli=/tmp/b/app/quantlens-cli
 ($cli generate --shape llama-1b --out /tmp/l1b > $OUT/generate.log 2>&1; \
  $cli generate --shape llama-8b --out /tmp/l8b >> $OUT/generate.log 2>&1) &
-withqt cmake --build /tmp/b -j16 --target test_cuda_forward test_cuda_stats test_cuda_calibrate >> $OUT/build.log 2>&1 || grep -E "error|FAILED" $OUT/build.log | head -20
+withqt cmake --build /tmp/b -j16 --target test_cuda_forward test_cuda_stats test_cuda_calibrate test_cuda_gptq >> $OUT/build.log 2>&1 || grep -E "error|FAILED" $OUT/build.log | head -20
 log "gpu tests"
-for t in test_cuda_stats test_cuda_forward test_cuda_calibrate; do
+for t in test_cuda_stats test_cuda_forward test_cuda_calibrate test_cuda_gptq; do
   withqt timeout 150 /tmp/b/tests/$t > $OUT/$t.log 2>&1; echo "$t exit $?" | tee -a $OUT/steps.log
   grep -E "^(FAIL|SKIP|Totals)|Loc:" $OUT/$t.log | head -12
 done
 grep -hE "QINFO.*(PPL|perplexity)" $OUT/test_cuda_forward.log | head -6
+grep -hE "QINFO.*(codes|overall)" $OUT/test_cuda_gptq.log | cut -c1-200 | head -40
 log "CLI calibrate stories260K: cpu, cuda f32, cuda bf16"
 d=$QUANTLENS_DATA
 for dev in "cpu" "cuda --precision f32" "cuda --precision bf16"; do
@@ -47,6 +49,10 @@ PYTHONUNBUFFERED=1 timeout 90 python3 tests/bench/hf_forward.py /tmp/l1b --seqle
 log "bench calibrate 1b"
 timeout 100 $cli bench calibrate /tmp/l1b --seqlen 2048 --samples 16 --precision bf16 2>&1 | tee $OUT/bench_calibrate_1b.log | tail -10
 PYTHONUNBUFFERED=1 timeout 120 python3 tests/bench/hf_calibrate.py /tmp/l1b --seqlen 2048 --samples 16 > $OUT/hf_calibrate_1b.log 2>&1; tail -6 $OUT/hf_calibrate_1b.log
+log "bench gptq"
+timeout 120 $cli bench gptq 2>&1 | tee $OUT/bench_gptq.log | tail -20
+timeout 60 $cli bench gptq --rows 4096 --cols 4096 --actorder 2>&1 | tee $OUT/bench_gptq_actorder.log | tail -6
+PYTHONUNBUFFERED=1 timeout 150 python3 tests/bench/torch_gptq.py > $OUT/torch_gptq.log 2>&1; tail -5 $OUT/torch_gptq.log
 log "bench hessian"
 timeout 60 $cli bench hessian 2>&1 | tee $OUT/bench_hessian.log | tail -12
 if [ "$(left)" -gt 120 ]; then
