@@ -181,7 +181,8 @@ __global__ void factorInputKernel(const float* __restrict__ h,
     const std::int64_t j = std::int64_t(blockIdx.y) * blockDim.y + threadIdx.y;  // column of R
     if (i >= n || j >= n) return;
     const std::int32_t a = perm[n - 1 - i], b = perm[n - 1 - j];
-    double v = (a == b && dead[a]) ? 1.0 : double(h[std::int64_t(a) * n + b]);
+    // H(b, a) = H(a, b): reading along a row of H keeps the loads coalesced without act-order.
+    double v = (a == b && dead[a]) ? 1.0 : double(h[std::int64_t(b) * n + a]);
     if (i == j) v += damp;
     r[j * n + i] = v;
 }
@@ -258,41 +259,60 @@ __global__ void fitAllKernel(const float* __restrict__ wc, const std::int32_t* _
 
 // ---- the column loop --------------------------------------------------------------------------
 
-__global__ void __launch_bounds__(kGptqRowsPerCta) blockKernel(GptqBlockArgs a)
+__global__ void __launch_bounds__(kGptqLoadThreads) blockKernel(GptqBlockArgs a)
 {
     extern __shared__ float smem[];
-    constexpr int T = kGptqRowsPerCta;
+    constexpr int T = kGptqRowsPerCta;  // rows of the CTA; its first warp computes them
     const int count = a.count;
     float* us = smem;                  // us[j * count + i] = U(i1 + i, i1 + j)
     float* ws = smem + count * count;  // ws[j * T + t]: weight (then error) of column i1 + j
-    const int t = threadIdx.x;
-    const std::int64_t r = std::int64_t(blockIdx.x) * T + t;
-    const bool active = r < a.rows;
+    int* meta = reinterpret_cast<int*>(ws + count * T);  // perm, then fitAt, of the block
+    const int tid = threadIdx.x;
+    const std::int64_t row0 = std::int64_t(blockIdx.x) * T;
 
-    for (int idx = t; idx < count * count; idx += T) {
+    // Every thread of the CTA loads; the global reads are coalesced along i, resp. rows.
+#pragma unroll 4
+    for (int idx = tid; idx < count * count; idx += kGptqLoadThreads) {
         const int j = idx / count, i = idx % count;
         us[idx] = i <= j ? a.u[(a.i1 + j) * a.cols + a.i1 + i] : 0.0f;
     }
-    for (int j = 0; j < count; ++j) ws[j * T + t] = active ? a.wc[(a.i1 + j) * a.rows + r] : 0.0f;
+#pragma unroll 4
+    for (int idx = tid; idx < count * T; idx += kGptqLoadThreads) {
+        const int j = idx / T;
+        const std::int64_t rr = row0 + idx % T;
+        ws[idx] = rr < a.rows ? a.wc[(a.i1 + j) * a.rows + rr] : 0.0f;
+    }
+    for (int idx = tid; idx < count; idx += kGptqLoadThreads) {
+        meta[idx] = a.perm[a.i1 + idx];
+        meta[count + idx] = a.fitAt[a.i1 + idx];
+    }
     __syncthreads();
+    if (tid >= T) return;
 
+    const int t = tid;
+    const std::int64_t r = row0 + t;
+    const bool active = r < a.rows;
     const GptqGrid& grid = a.grid;
     const int qmin = codeMin(grid), qmax = codeMax(grid);
     const int offset = grid.symmetric ? 1 << (grid.bits - 1) : 0;
     double loss = 0.0;
     if (active) {
+        std::int64_t cachedGi = -1;  // the grid in g belongs to scale slot cachedGi
+        Grid1 g{0.0f, 0};
         for (int i = 0; i < count; ++i) {
             const std::int64_t p = a.i1 + i;
-            const std::int32_t unitToFit = a.fitAt[p];
+            const std::int64_t c = meta[i];
+            const std::int64_t gi = grid.perTensor ? 0 : r * grid.groupsPerRow + c / grid.unitLen;
+            const int unitToFit = meta[count + i];
             if (unitToFit >= 0) {
                 // The unit's current weights: in-block columns hold their in-block updates;
                 // columns beyond the block still lack this block's update from the i errors
-                // so far (slots 0..i-1 of ws).
+                // so far (slots 0..i-1 of ws). The unit holds column c (fitAt is its first).
                 const std::int64_t c0 = std::int64_t(unitToFit) * grid.unitLen;
                 const std::int64_t c1 = min(a.cols, c0 + grid.unitLen);
                 float lo = 0.0f, hi = 0.0f;
-                for (std::int64_t c = c0; c < c1; ++c) {
-                    const std::int64_t pc = a.pos[c];
+                for (std::int64_t cc = c0; cc < c1; ++cc) {
+                    const std::int64_t pc = a.pos[cc];
                     float v;
                     if (pc < a.i1 + count) {
                         v = ws[(pc - a.i1) * T + t];
@@ -305,15 +325,15 @@ __global__ void __launch_bounds__(kGptqRowsPerCta) blockKernel(GptqBlockArgs a)
                     if (v < lo) lo = v;
                     if (v > hi) hi = v;
                 }
-                const Grid1 g = fitGrid(lo, hi, grid);
-                a.scales[r * grid.groupsPerRow + unitToFit] = g.scale;
-                if (!grid.symmetric) a.zeros[r * grid.groupsPerRow + unitToFit] = g.zero;
+                g = fitGrid(lo, hi, grid);
+                a.scales[gi] = g.scale;
+                if (!grid.symmetric) a.zeros[gi] = g.zero;
+                cachedGi = gi;
+            } else if (gi != cachedGi) {
+                g.scale = a.scales[gi];
+                g.zero = grid.symmetric ? 0 : a.zeros[gi];
+                cachedGi = gi;
             }
-            const std::int64_t c = a.perm[p];
-            const std::int64_t gi = grid.perTensor ? 0 : r * grid.groupsPerRow + c / grid.unitLen;
-            Grid1 g;
-            g.scale = a.scales[gi];
-            g.zero = grid.symmetric ? 0 : a.zeros[gi];
             const float x = ws[i * T + t];
             float q;
             const int code = nearestCode(x, g, qmin, qmax, q);
@@ -475,18 +495,17 @@ void launchGptqFitAll(const float* wc, const std::int32_t* pos, std::int64_t row
 
 cudaError_t launchGptqBlock(const GptqBlockArgs& args, cudaStream_t stream)
 {
-    const std::size_t shared =
-        std::size_t(args.count) * (std::size_t(args.count) + kGptqRowsPerCta) * sizeof(float);
-    static bool attributeSet = false;  // per process; the kernel image is the same on all devices
+    const std::size_t shared = gptqBlockSharedBytes(args.count);
+    static bool attributeSet = false;  // set once per process (one device in use)
     if (!attributeSet) {
-        const int most = kGptqMaxBlock * (kGptqMaxBlock + kGptqRowsPerCta) * int(sizeof(float));
+        const int most = int(gptqBlockSharedBytes(kGptqMaxBlock));
         const cudaError_t err =
             cudaFuncSetAttribute(blockKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, most);
         if (err != cudaSuccess) return err;
         attributeSet = true;
     }
     const unsigned ctas = unsigned((args.rows + kGptqRowsPerCta - 1) / kGptqRowsPerCta);
-    blockKernel<<<ctas, kGptqRowsPerCta, shared, stream>>>(args);
+    blockKernel<<<ctas, kGptqLoadThreads, shared, stream>>>(args);
     return cudaGetLastError();
 }
 

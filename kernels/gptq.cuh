@@ -10,6 +10,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace ql::cuda {
@@ -41,8 +42,17 @@ struct GptqBlockArgs {
     double* loss = nullptr;               // += sum of err^2
 };
 
-constexpr int kGptqMaxBlock = 128;  // columns per device block (the Hinv block in shared memory)
-constexpr int kGptqRowsPerCta = 32;
+constexpr int kGptqMaxBlock = 128;     // columns per device block (the Hinv block in shared memory)
+constexpr int kGptqRowsPerCta = 32;    // rows per CTA: one warp runs the column loop
+constexpr int kGptqLoadThreads = 128;  // threads per CTA: all load the block, one warp computes
+
+// Shared memory of the column kernel for a block of `count` columns: the U block, the rows'
+// weights, and the block's permutation and fit table.
+constexpr std::size_t gptqBlockSharedBytes(int count)
+{
+    return std::size_t(count) * (std::size_t(count) + kGptqRowsPerCta) * sizeof(float) +
+           2 * std::size_t(count) * sizeof(int);
+}
 
 // Wc(r, p) = dead[perm[p]] ? 0 : W[r * cols + perm[p]] (W row-major, original order).
 void launchGptqPermuteIn(const float* w, const std::int32_t* perm, const std::uint8_t* dead,

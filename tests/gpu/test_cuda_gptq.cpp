@@ -7,6 +7,9 @@
 // - loss, rtnLoss, error.weighted, rtnError.weighted: 1e-3 relative;
 // - dampening: the same fraction and the same raises; dead columns, order and group index equal;
 // - the returned QuantizedTensor decodes (core's codec) to exactly the returned weights.
+// Same inputs: the device takes H in float32, so every H here is rounded to float32 first (the
+// CPU sees the same values; otherwise two diagonal entries equal in float32 but not in double
+// would order act-order differently).
 // Data: heavy-tailed activations (Student-t, 3 dof, every 17th channel 20x) give H = X^T X in
 // double; dead input channels; an indefinite H (a planted negative direction, several raises)
 // and a rank-deficient one (fewer tokens than channels, damp=0); and the real linear layers of
@@ -69,7 +72,8 @@ Layer makeLayer(std::int64_t rows, std::int64_t cols, std::int64_t tokens, int d
     const Eigen::MatrixXd h = x.transpose() * x;
     l.h.resize(std::size_t(cols * cols));
     for (std::int64_t i = 0; i < cols; ++i)
-        for (std::int64_t j = 0; j < cols; ++j) l.h[std::size_t(i * cols + j)] = h(i, j);
+        for (std::int64_t j = 0; j < cols; ++j)
+            l.h[std::size_t(i * cols + j)] = double(float(h(i, j)));
     return l;
 }
 
@@ -276,6 +280,7 @@ private slots:
         H(a, b) += s / 2;
         H(b, a) += s / 2;
         QVERIFY(H(a, a) > 0 && H(b, b) > 0);
+        for (double& v : l.h) v = double(float(v));
         const QuantFormat f = uniformFormat(4, true, Granularity::PerGroup, 128);
         auto cpu = quantizeGptq(l.w.data(), l.rows, l.cols, l.h, f, {});
         QVERIFY2(cpu.ok(), cpu.ok() ? "" : cpu.error().message.c_str());
@@ -428,6 +433,7 @@ private slots:
             QVERIFY(w.ok());
             l.w = std::move(*w);
             l.h = p->stats.hessian();
+            for (double& v : l.h) v = double(float(v));
             if (checkFormatFits(*f, l.rows, l.cols).ok() == false) continue;
             auto cpu = quantizeGptq(l.w.data(), l.rows, l.cols, l.h, *f, o);
             QVERIFY2(cpu.ok(), cpu.ok() ? "" : cpu.error().message.c_str());
