@@ -30,6 +30,7 @@
 
 #include "cuda_check.cuh"
 #include "cuda_context.h"
+#include "cusolver_api.h"
 #include "device_buffer.h"
 #include "gptq.cuh"
 
@@ -84,10 +85,11 @@ private:
 };
 
 struct SolverParams {
+    const CusolverApi* api = nullptr;
     cusolverDnParams_t params = nullptr;
     ~SolverParams()
     {
-        if (params) cusolverDnDestroyParams(params);
+        if (params) api->destroyParams(params);
     }
 };
 
@@ -251,17 +253,20 @@ Result<GptqResult> quantizeGptqDeviceTimed(CudaContext& ctx, float* dW, float* d
     // 3. U, raising the dampening until the factorization succeeds.
     auto solver = ctx.solver();
     if (!solver) return solver.error();
+    auto api = cusolverApi();
+    if (!api) return api.error();
+    const CusolverApi& sol = **api;
     SolverParams params;
-    QL_CUSOLVER_TRY(cusolverDnCreateParams(&params.params));
+    params.api = &sol;
+    QL_CUSOLVER_TRY(sol.createParams(&params.params));
     QL_TRY_STATUS(allocate(dR, nH, tracker, "the Hessian factorization (double)"));
     QL_TRY_STATUS(allocate(dU, nH, tracker, "the inverse Hessian factor"));
     std::size_t potrfDevice = 0, potrfHost = 0, trtriDevice = 0, trtriHost = 0;
-    QL_CUSOLVER_TRY(cusolverDnXpotrf_bufferSize(*solver, params.params, CUBLAS_FILL_MODE_LOWER,
-                                                cols, CUDA_R_64F, dR.data(), cols, CUDA_R_64F,
-                                                &potrfDevice, &potrfHost));
-    QL_CUSOLVER_TRY(cusolverDnXtrtri_bufferSize(*solver, CUBLAS_FILL_MODE_LOWER,
-                                                CUBLAS_DIAG_NON_UNIT, cols, CUDA_R_64F, dR.data(),
-                                                cols, &trtriDevice, &trtriHost));
+    QL_CUSOLVER_TRY(sol.potrfBufferSize(*solver, params.params, CUBLAS_FILL_MODE_LOWER, cols,
+                                        CUDA_R_64F, dR.data(), cols, CUDA_R_64F, &potrfDevice,
+                                        &potrfHost));
+    QL_CUSOLVER_TRY(sol.trtriBufferSize(*solver, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, cols,
+                                        CUDA_R_64F, dR.data(), cols, &trtriDevice, &trtriHost));
     QL_TRY_STATUS(
         allocate(dWork, std::max(potrfDevice, trtriDevice), tracker, "the cuSOLVER workspace"));
     std::vector<char> hostWork(std::max<std::size_t>(std::max(potrfHost, trtriHost), 1));
@@ -271,18 +276,18 @@ Result<GptqResult> quantizeGptqDeviceTimed(CudaContext& ctx, float* dW, float* d
         launchGptqFactorInput(dH, dPerm.data(), dDead.data(), cols, damp, dR.data(), s);
         QL_TRY_STATUS(CudaContext::checkLaunch("gptq factorization input"));
         QL_CUDA_TRY(cudaMemsetAsync(dFlags.data() + 2, 0, 2 * sizeof(int), s));
-        QL_CUSOLVER_TRY(cusolverDnXpotrf(
-            *solver, params.params, CUBLAS_FILL_MODE_LOWER, cols, CUDA_R_64F, dR.data(), cols,
-            CUDA_R_64F, dWork.data(), potrfDevice, hostWork.data(), potrfHost, dFlags.data() + 3));
+        QL_CUSOLVER_TRY(sol.potrf(*solver, params.params, CUBLAS_FILL_MODE_LOWER, cols, CUDA_R_64F,
+                                  dR.data(), cols, CUDA_R_64F, dWork.data(), potrfDevice,
+                                  hostWork.data(), potrfHost, dFlags.data() + 3));
         int info[2] = {};
         QL_TRY_STATUS(ctx.copyToHost(info, dFlags.data() + 2, sizeof info));
         std::string failure;
         if (info[1] != 0) {
             failure = "H + damp I is not positive definite";
         } else {
-            QL_CUSOLVER_TRY(cusolverDnXtrtri(
-                *solver, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, cols, CUDA_R_64F, dR.data(),
-                cols, dWork.data(), trtriDevice, hostWork.data(), trtriHost, dFlags.data() + 3));
+            QL_CUSOLVER_TRY(sol.trtri(*solver, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, cols,
+                                      CUDA_R_64F, dR.data(), cols, dWork.data(), trtriDevice,
+                                      hostWork.data(), trtriHost, dFlags.data() + 3));
             launchGptqExtractU(dR.data(), cols, dU.data(), dFlags.data() + 2, s);
             QL_TRY_STATUS(CudaContext::checkLaunch("gptq factor"));
             QL_TRY_STATUS(ctx.copyToHost(info, dFlags.data() + 2, sizeof info));

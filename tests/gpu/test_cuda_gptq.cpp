@@ -27,6 +27,7 @@
 #include "compute/backend.h"
 #include "cuda_context.h"
 #include "cuda_gptq.h"
+#include "cusolver_api.h"
 #include "device_buffer.h"
 #include "io/model_loader.h"
 #include "model/llama.h"
@@ -193,6 +194,10 @@ private slots:
         QVERIFY(!cuda::gptqDeviceSupports(nf4Format()));
         QVERIFY(!cuda::gptqDeviceSupports(ggmlFormat(TensorType::Q4_K)));
         QVERIFY(!cuda::gptqDeviceSupports(floatFormat(TensorType::F16)));
+        // cuSOLVER is loaded at run time (no device needed for that).
+        auto api = cuda::cusolverApi();
+        QVERIFY2(api.ok(), api.ok() ? "" : api.error().message.c_str());
+        QVERIFY((*api)->potrf && (*api)->trtri);
     }
 
     void synthetic_data()
