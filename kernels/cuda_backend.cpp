@@ -4,6 +4,7 @@
 
 #include "compute/runner.h"
 #include "cuda_context.h"
+#include "cuda_gptq.h"
 #include "cuda_llama_runner.h"
 
 namespace ql::cuda {
@@ -18,6 +19,42 @@ public:
                                                       const RunnerOptions& options) override
     {
         return createCudaLlamaRunner(m_ctx, weights, precision, options);
+    }
+    Result<GptqResult> quantizeGptq(const float* w, std::int64_t rows, std::int64_t cols,
+                                    std::span<const double> hessian, const QuantFormat& format,
+                                    const GptqOptions& options, const float* importance,
+                                    const ProgressFn& progress) override
+    {
+        if (!gptqDeviceSupports(format)) {
+            auto r =
+                ql::quantizeGptq(w, rows, cols, hessian, format, options, importance, progress);
+            if (r)
+                r->note = "cpu: gptq on the GPU has no " + formatToString(format) +
+                          " (uniform int2..int8 only)";
+            return r;
+        }
+        if (!w || rows <= 0 || cols <= 0)
+            return makeError(ErrorCode::InvalidArgument, "gptq: no weights given");
+        if (std::int64_t(hessian.size()) != cols * cols)
+            return makeError(ErrorCode::InvalidArgument,
+                             "gptq: the Hessian has " + std::to_string(hessian.size()) +
+                                 " values, a " + std::to_string(cols) + " x " +
+                                 std::to_string(cols) + " matrix needs " +
+                                 std::to_string(cols * cols));
+        QL_TRY_STATUS(m_ctx->activate());
+        MemoryTracker tracker;
+        auto dW = DeviceBuffer<float>::allocate(std::size_t(rows * cols), &tracker,
+                                                "the weights for gptq");
+        if (!dW) return dW.error();
+        auto dH = DeviceBuffer<float>::allocate(std::size_t(cols * cols), &tracker,
+                                                "the Hessian for gptq");
+        if (!dH) return dH.error();
+        std::vector<float> h(hessian.begin(), hessian.end());
+        QL_TRY_STATUS(m_ctx->copyToDevice(dW->data(), w, std::size_t(rows * cols) * 4));
+        QL_TRY_STATUS(m_ctx->copyToDevice(dH->data(), h.data(), h.size() * 4));
+        h = {};
+        return quantizeGptqDevice(*m_ctx, dW->data(), dH->data(), rows, cols, format, options,
+                                  progress);
     }
 
 private:

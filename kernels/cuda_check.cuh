@@ -6,6 +6,7 @@
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <cusolverDn.h>
 
 #include <string>
 
@@ -31,6 +32,18 @@ inline Error cublasError(cublasStatus_t status, const char* statement, const cha
                                statement + "` at " + file + ":" + std::to_string(line));
 }
 
+inline Error cusolverError(cusolverStatus_t status, const char* statement, const char* file,
+                           int line)
+{
+    ErrorCode code =
+        status == CUSOLVER_STATUS_ALLOC_FAILED ? ErrorCode::OutOfMemory
+        : status == CUSOLVER_STATUS_NOT_SUPPORTED || status == CUSOLVER_STATUS_ARCH_MISMATCH
+            ? ErrorCode::Unsupported
+            : ErrorCode::Device;
+    return makeError(code, "cuSOLVER: status " + std::to_string(int(status)) + " in `" + statement +
+                               "` at " + file + ":" + std::to_string(line));
+}
+
 }  // namespace ql::cuda
 
 #define QL_CUDA_TRY(stmt)                                                     \
@@ -45,4 +58,11 @@ inline Error cublasError(cublasStatus_t status, const char* statement, const cha
         cublasStatus_t ql_status_ = (stmt);                                        \
         if (ql_status_ != CUBLAS_STATUS_SUCCESS)                                   \
             return ::ql::cuda::cublasError(ql_status_, #stmt, __FILE__, __LINE__); \
+    } while (0)
+
+#define QL_CUSOLVER_TRY(stmt)                                                        \
+    do {                                                                             \
+        cusolverStatus_t ql_status_ = (stmt);                                        \
+        if (ql_status_ != CUSOLVER_STATUS_SUCCESS)                                   \
+            return ::ql::cuda::cusolverError(ql_status_, #stmt, __FILE__, __LINE__); \
     } while (0)

@@ -1,6 +1,8 @@
 // CudaContext and the device-memory handles (design in cuda_context.h, device_buffer.h).
 #include "cuda_context.h"
 
+#include "cusolver_api.h"
+
 #include <cstdio>
 
 namespace ql::cuda {
@@ -89,6 +91,9 @@ Result<std::shared_ptr<CudaContext>> CudaContext::create(int deviceIndex)
 CudaContext::~CudaContext()
 {
     if (m_stream) cudaStreamSynchronize(m_stream);
+    if (m_solver) {
+        if (auto api = cusolverApi()) (*api)->destroy(m_solver);
+    }
     if (m_blasLt) cublasLtDestroy(m_blasLt);
     if (m_blas) cublasDestroy(m_blas);
     m_workspace.release();
@@ -98,6 +103,17 @@ CudaContext::~CudaContext()
 DeviceInfo CudaContext::info() const
 {
     return describeDevice(m_device);
+}
+
+Result<cusolverDnHandle_t> CudaContext::solver()
+{
+    if (m_solver) return m_solver;
+    QL_CUDA_TRY(cudaSetDevice(m_device));
+    auto api = cusolverApi();
+    if (!api) return api.error();
+    QL_CUSOLVER_TRY((*api)->create(&m_solver));
+    QL_CUSOLVER_TRY((*api)->setStream(m_solver, m_stream));
+    return m_solver;
 }
 
 Status CudaContext::activate() const

@@ -7,6 +7,7 @@
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <cusolverDn.h>
 
 #include <memory>
 
@@ -26,6 +27,8 @@ public:
     cudaStream_t stream() const { return m_stream; }
     cublasHandle_t blas() const { return m_blas; }
     cublasLtHandle_t blasLt() const { return m_blasLt; }
+    // The cuSOLVER handle on the stream, created on first use (GPTQ's factorizations).
+    Result<cusolverDnHandle_t> solver();
     DeviceInfo info() const;
 
     // Makes this context's device current on the calling thread.
@@ -46,6 +49,7 @@ private:
     cudaStream_t m_stream = nullptr;
     cublasHandle_t m_blas = nullptr;
     cublasLtHandle_t m_blasLt = nullptr;
+    cusolverDnHandle_t m_solver = nullptr;
     MemoryTracker m_tracker;  // the cuBLAS workspace
     DeviceMemory m_workspace;
 };

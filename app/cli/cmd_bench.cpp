@@ -31,6 +31,7 @@ namespace qlcli {
 
 int runBenchForward(Args args);    // app/cli/cmd_bench_gpu.cpp
 int runBenchCalibrate(Args args);  // app/cli/cmd_bench_gpu.cpp
+int runBenchGptq(Args args);       // app/cli/cmd_bench_gptq.cpp
 
 const std::string_view kBenchHelp =
     "usage: quantlens-cli bench open MODEL [--repeat N] [--list]\n"
@@ -38,7 +39,8 @@ const std::string_view kBenchHelp =
     "       quantlens-cli bench quant [MODEL] [options]   (see: bench quant --help)\n"
     "       quantlens-cli bench forward MODEL [options]   (see: bench forward --help)\n"
     "       quantlens-cli bench calibrate MODEL [options] (see: bench calibrate --help)\n"
-    "       quantlens-cli bench hessian [options]         (see: bench hessian --help)\n\n"
+    "       quantlens-cli bench hessian [options]         (see: bench hessian --help)\n"
+    "       quantlens-cli bench gptq [options]            (see: bench gptq --help)\n\n"
     "open   opens MODEL (a .gguf file, a safetensors folder or a llama2.c .bin) reading\n"
     "       headers only, walks its tensor list (--list prints it), and prints the wall time\n"
     "       of each open and the peak resident memory (getrusage ru_maxrss and VmHWM), then\n"
@@ -50,6 +52,8 @@ const std::string_view kBenchHelp =
     "hessian  GPU calibration statistics: XᵀX TFLOP/s and the statistics pass in GB/s\n"
     "       (see: bench hessian --help).\n"
     "forward  tokens/s, TFLOP/s and peak memory of whole forward passes (GPU when present).\n"
+    "gptq   GPTQ of generated layers on the GPU: ms per layer with its breakdown, peak memory,\n"
+    "       GPTQ/RTN loss (see: bench gptq --help).\n"
     "calibrate  tokens/s of calibration with the statistics off and on, the overhead and the\n"
     "       peak memory (GPU when present).\n";
 
@@ -265,10 +269,12 @@ int runBench(Args args)
     if (which == "stats") return benchStats(args.subspan(1));
     if (which == "quant") return runArgvCommand(runBenchQuant, args);
     if (which == "hessian") return runBenchHessian(args.subspan(1));
+    if (which == "gptq") return runBenchGptq(args.subspan(1));
     if (which == "forward") return runBenchForward(args.subspan(1));
     if (which == "calibrate") return runBenchCalibrate(args.subspan(1));
     return usageError(
-        "no benchmark '" + which + "' (open, stats, quant, forward, calibrate, hessian)", "bench");
+        "no benchmark '" + which + "' (open, stats, quant, forward, calibrate, hessian, gptq)",
+        "bench");
 }
 
 }  // namespace qlcli

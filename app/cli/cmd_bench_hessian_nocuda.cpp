@@ -1,5 +1,5 @@
-// `quantlens-cli bench hessian` in a build without CUDA (app/CMakeLists.txt picks this file or
-// cmd_bench_hessian.cpp): the benchmark needs the GPU kernels, so it says so.
+// `quantlens-cli bench hessian` and `bench gptq` in a build without CUDA (app/CMakeLists.txt picks
+// this file or cmd_bench_hessian.cpp): the benchmark needs the GPU kernels, so it says so.
 #include "cli_common.h"
 
 namespace qlcli {
@@ -7,6 +7,11 @@ namespace qlcli {
 int runBenchHessian(Args args)
 {
     return fail("bench hessian needs the CUDA kernels, and this build of quantlens-cli has none");
+}
+
+int runBenchGptq(Args)
+{
+    return fail("bench gptq needs the CUDA kernels, and this build of quantlens-cli has none");
 }
 
 }  // namespace qlcli

@@ -22,6 +22,15 @@ public:
                          "the CPU runs models through LlamaModel (createLlamaRunner), not from a "
                          "weights view");
     }
+    Result<GptqResult> quantizeGptq(const float* w, std::int64_t rows, std::int64_t cols,
+                                    std::span<const double> hessian, const QuantFormat& format,
+                                    const GptqOptions& options, const float* importance,
+                                    const ProgressFn& progress) override
+    {
+        auto r = ql::quantizeGptq(w, rows, cols, hessian, format, options, importance, progress);
+        if (r) r->note = "cpu";
+        return r;
+    }
 };
 
 }  // namespace

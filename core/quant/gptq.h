@@ -80,6 +80,7 @@ struct GptqResult {
     std::vector<std::int32_t> order;       // processing order (original column indices)
     std::vector<std::int32_t> groupIndex;  // scale group of each column (original order)
     double seconds = 0;
+    std::string note;  // where it ran when a backend chose (e.g. "cuda", or why the CPU did)
 };
 
 // w: rows x cols row-major; hessian: cols x cols row-major (symmetric, finite, diag >= 0);

@@ -34,10 +34,11 @@ if want tests; then
   withqt cmake --build /tmp/b -j16 --target $gpu_tests >> $OUT/build.log 2>&1 || grep -E "error|FAILED" $OUT/build.log | head -20
   log "gpu tests"
   for t in $gpu_tests; do
-    withqt timeout 150 /tmp/b/tests/$t > $OUT/$t.log 2>&1; echo "$t exit $?" | tee -a $OUT/steps.log
+    withqt timeout 200 /tmp/b/tests/$t > $OUT/$t.log 2>&1; echo "$t exit $?" | tee -a $OUT/steps.log
     grep -E "^(FAIL|SKIP|Totals)|Loc:" $OUT/$t.log | head -12
   done
   grep -hE "QINFO.*(PPL|perplexity|streamed)" $OUT/test_cuda_*.log | head -8
+  grep -hE "QINFO.*(codes|overall)" $OUT/test_cuda_gptq.log | cut -c1-200 | head -30
 fi
 wait1b() { for i in $(seq 150); do [ -f /tmp/l1b/config.json ] && break; sleep 1; done; }
 if want calib1b && [ "$(left)" -gt 90 ]; then
@@ -54,7 +55,8 @@ if want hessian && [ "$(left)" -gt 60 ]; then
   log "bench hessian"; timeout 60 $cli bench hessian 2>&1 | tee $OUT/bench_hessian.log | tail -8
 fi
 if want gptq && [ "$(left)" -gt 60 ]; then
-  log "bench gptq"; timeout 120 $cli bench gptq 2>&1 | tee $OUT/bench_gptq.log | tail -12
+  log "bench gptq"; timeout 120 $cli bench gptq 2>&1 | tee $OUT/bench_gptq.log | tail -16
+  timeout 60 $cli bench gptq --rows 4096 --cols 4096 --actorder 2>&1 | tee $OUT/bench_gptq_actorder.log | tail -5
   [ -f tests/bench/torch_gptq.py ] && { PYTHONUNBUFFERED=1 timeout 120 python3 tests/bench/torch_gptq.py > $OUT/torch_gptq.log 2>&1; tail -8 $OUT/torch_gptq.log; }
 fi
 if (want stream8b || want forward8b) && [ "$(left)" -gt 120 ]; then
