@@ -200,7 +200,8 @@ public:
         if (role == Qt::TextAlignmentRole && index.column() >= RtnLoss)
             return int(Qt::AlignRight | Qt::AlignVCenter);
         if (role == Qt::ForegroundRole) {
-            if (r.status == LayerStatus::Pending || r.status == LayerStatus::NotRun) return QColor(Qt::gray);
+            if (r.status == LayerStatus::Pending || r.status == LayerStatus::NotRun)
+                return QColor(Qt::gray);
             if (index.column() == Ratio && done && r.done.rtnLoss > 0)
                 return r.done.loss < r.done.rtnLoss ? QColor(0x1a, 0x7f, 0x37)
                                                     : QColor(0xb0, 0x1c, 0x1c);
@@ -247,7 +248,8 @@ public:
                            ? QString::number(r.done.loss / r.done.rtnLoss, 'f', 3)
                            : QString();
             case Damp:
-                if (r.status == LayerStatus::Pending || r.status == LayerStatus::NotRun) return QString();
+                if (r.status == LayerStatus::Pending || r.status == LayerStatus::NotRun)
+                    return QString();
                 return r.raises ? tr("%1 (raised)").arg(r.damp, 0, 'g', 3)
                                 : QString::number(r.damp, 'g', 3);
             case Seconds: return done ? QString::number(r.done.seconds, 'f', 3) : QString();
