@@ -72,7 +72,7 @@ QString dataDir()
 QString defaultEvalText()
 {
     const QString path = dataDir() + QStringLiteral("/text/eval/tinystories-valid-1000.txt");
-    return QFileInfo::exists(path) ? QFileInfo(path).absoluteFilePath()
+    return QFileInfo::exists(path) ? QFileInfo(path).canonicalFilePath()
                                    : CalibrationPane::defaultTextFile();
 }
 
@@ -214,6 +214,12 @@ public:
             return f;
         }
         if (role == Qt::ToolTipRole) {
+            if (index.column() == Tensor || index.column() == Shape)
+                return tr("%1: %2 × %3 (out × in), %4")
+                    .arg(QString::fromStdString(r.plan.tensor))
+                    .arg(r.plan.rows)
+                    .arg(r.plan.cols)
+                    .arg(QString::fromStdString(r.plan.format));
             if (r.status == LayerStatus::NotRun)
                 return tr("The run stopped before this layer: it keeps its source weights");
             if (done)
@@ -225,11 +231,7 @@ public:
         if (role != Qt::DisplayRole) return {};
         switch (index.column()) {
             case Tensor: return QString::fromStdString(r.plan.tensor);
-            case Shape:
-                return QStringLiteral("%1 × %2 %3")
-                    .arg(r.plan.rows)
-                    .arg(r.plan.cols)
-                    .arg(QString::fromStdString(r.plan.format));
+            case Shape: return QStringLiteral("%1 × %2").arg(r.plan.rows).arg(r.plan.cols);
             case Status:
                 switch (r.status) {
                     case LayerStatus::Pending: return tr("pending");
@@ -318,7 +320,8 @@ GptqPane::GptqPane(AppSession* session, JobRunner* jobs, CalibrationState* calib
     m_table->verticalHeader()->setVisible(false);
     m_table->verticalHeader()->setDefaultSectionSize(20);
     m_table->horizontalHeader()->setSectionResizeMode(QHeaderView::ResizeToContents);
-    m_table->horizontalHeader()->setSectionResizeMode(GptqLayerModel::Tensor, QHeaderView::Stretch);
+    m_table->horizontalHeader()->setStretchLastSection(true);
+    m_table->setHorizontalScrollBarPolicy(Qt::ScrollBarAlwaysOff);
     m_table->setAlternatingRowColors(true);
     m_table->setToolTip(
         tr("Click a finished layer to show its quantized values in the weights "
@@ -345,8 +348,9 @@ GptqPane::GptqPane(AppSession* session, JobRunner* jobs, CalibrationState* calib
     split->setObjectName(QStringLiteral("gptqSplitter"));
     split->addWidget(tableBox);
     split->addWidget(buildPlots());
-    split->setStretchFactor(0, 5);
-    split->setStretchFactor(1, 6);
+    split->setStretchFactor(0, 1);
+    split->setStretchFactor(1, 1);
+    split->setSizes({660, 740});
     split->setChildrenCollapsible(false);
 
     auto* layout = new QVBoxLayout(this);
@@ -384,7 +388,8 @@ QWidget* GptqPane::buildControls()
     m_source->setToolTip(
         tr("Where the Hessians come from: the calibration shown in the "
            "Calibration dock, or a text calibrated for this run"));
-    m_textFile = new QLineEdit(CalibrationPane::defaultTextFile(), box);
+    m_textFile =
+        new QLineEdit(QFileInfo(CalibrationPane::defaultTextFile()).canonicalFilePath(), box);
     m_textFile->setObjectName(QStringLiteral("gptqTextFile"));
     m_browseText = new QPushButton(tr("…"), box);
     m_browseText->setFixedWidth(28);
@@ -488,7 +493,7 @@ QWidget* GptqPane::buildPlots()
     m_gptqLoss->setPen(QPen(kGptqColor));
     m_lossPlot->yAxis->setScaleType(QCPAxis::stLogarithmic);
     m_lossPlot->yAxis->setTicker(QSharedPointer<QCPAxisTickerLog>::create());
-    m_lossPlot->yAxis->setNumberFormat(QStringLiteral("eb"));
+    m_lossPlot->yAxis->setNumberFormat(QStringLiteral("gb"));
     m_lossPlot->yAxis->setNumberPrecision(0);
     m_lossPlot->yAxis->setLabel(tr("loss (log)"));
     m_lossPlot->xAxis->setLabel(tr("layer, in processing order"));
@@ -521,8 +526,8 @@ QWidget* GptqPane::buildPlots()
     m_columnMark->setVisible(false);
     m_hessPlot->yAxis->setScaleType(QCPAxis::stLogarithmic);
     m_hessPlot->yAxis->setTicker(QSharedPointer<QCPAxisTickerLog>::create());
-    m_hessPlot->yAxis->setNumberFormat(QStringLiteral("eb"));
-    m_hessPlot->yAxis->setNumberPrecision(0);
+    m_hessPlot->yAxis->setNumberFormat(QStringLiteral("gb"));
+    m_hessPlot->yAxis->setNumberPrecision(2);
     m_hessPlot->yAxis->setLabel(tr("H_ii (log)"));
     m_hessPlot->xAxis->setLabel(tr("column (input channel, or position in processing order)"));
     m_hessPlot->legend->setVisible(true);
@@ -738,7 +743,7 @@ void GptqPane::startRun(const GptqRunRequest& request)
         m_result = *result;
         const int done = m_layers->finished();
         const int total = m_layers->rowCount();
-        const double seconds = m_result->seconds;
+        const double seconds = activeSeconds();
         m_status->setText(
             m_result->partial
                 ? tr("<b>Cancelled</b> after %1 of %2 GPTQ layers (%3). The finished layers "
@@ -948,7 +953,7 @@ void GptqPane::drawLosses()
     m_gptqLoss->setData(x, gptq, true);
     m_lossPlot->xAxis->setRange(-0.8, std::max<double>(1.0, double(rows.size()) - 0.2));
     if (hi > 0)
-        m_lossPlot->yAxis->setRange(lo / 2, hi * 2);
+        m_lossPlot->yAxis->setRange(lo / 2, hi * 12);  // headroom for the legend
     else
         m_lossPlot->yAxis->setRange(1e-3, 1);
     m_lossPlot->replot(QCustomPlot::rpQueuedReplot);
@@ -976,7 +981,7 @@ void GptqPane::drawHessian(const ql::GptqLayerStart& layer)
     m_hessSorted->setName(layer.actOrder ? tr("in processing order (act-order: descending)")
                                          : tr("in processing order (= column order)"));
     m_hessPlot->xAxis->setRange(-0.5, double(n) - 0.5);
-    if (hi > 0) m_hessPlot->yAxis->setRange(lo / 1.5, hi * 1.5);
+    if (hi > 0) m_hessPlot->yAxis->setRange(lo / 1.5, hi * 3);  // headroom for the legend
     auto* title = qobject_cast<QCPTextElement*>(m_hessPlot->plotLayout()->element(0, 0));
     if (title)
         title->setText(tr("Hessian diagonal of %1 (%2 × %3, damp %4%5)")
@@ -1021,6 +1026,13 @@ void GptqPane::updateProgressText()
     m_progress->setFormat(text + QStringLiteral("  (%p%)"));
 }
 
+double GptqPane::activeSeconds() const
+{
+    if (!m_clock.isValid()) return 0;
+    const qint64 paused = m_pausedMs + (m_pausedSince.isValid() ? m_pausedSince.elapsed() : 0);
+    return double(m_clock.elapsed() - paused) / 1000.0;
+}
+
 void GptqPane::updateClock()
 {
     // A pause takes effect when the worker reaches the gate; step mode pauses it from there.
@@ -1033,8 +1045,7 @@ void GptqPane::updateClock()
                               .arg(m_layers->rowCount()));
     }
     if (!m_clock.isValid()) return;
-    qint64 paused = m_pausedMs + (m_pausedSince.isValid() ? m_pausedSince.elapsed() : 0);
-    const double seconds = double(m_clock.elapsed() - paused) / 1000.0;
+    const double seconds = activeSeconds();
     QString text = tr("Elapsed %1").arg(durationText(seconds));
     if (m_state == State::Paused)
         text += tr(" · paused");

@@ -126,6 +126,7 @@ private:
     void setState(State state);
     void updateEnabled();
     void updateClock();
+    double activeSeconds() const;  // since Start, pauses left out
     void updateProgressText();
     void drawLosses();
     void drawHessian(const ql::GptqLayerStart& layer);

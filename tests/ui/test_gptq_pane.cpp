@@ -17,6 +17,7 @@
 #include <qcustomplot.h>
 
 #include <cmath>
+#include <filesystem>
 
 #include "appsession.h"
 #include "calib/calibrate.h"
@@ -42,7 +43,7 @@ GptqRunRequest stories260KRequest(const char* layout)
     GptqRunRequest r;
     r.layout = layout;
     r.useCalibration = false;
-    r.textFiles = {ql::test::dataPath(kText)};
+    r.textFiles = {std::filesystem::canonical(ql::test::dataPath(kText)).string()};
     r.samples = 8;
     r.seqLen = 128;
     r.sequential = true;
@@ -266,6 +267,8 @@ void TestGptqPane::screenshot()
     request.samples = 32;
     request.seqLen = 256;
     m_pane->setRequest(request);
+    m_pane->setEvalRequest(
+        {std::filesystem::canonical(ql::test::dataPath(kEvalText)).string(), 256, 16});
     m_pane->setStepMode(true);
     m_pane->start();
     for (int k = 1; k <= 19; ++k) {
