@@ -62,6 +62,21 @@ QString durationText(double seconds)
     return QObject::tr("%1 min %2 s").arg(s / 60).arg(s % 60, 2, 10, QLatin1Char('0'));
 }
 
+// The legend in its own column right of the axis rect, where it hides no data.
+void legendBeside(QCustomPlot* plot)
+{
+    auto* column = new QCPLayoutGrid;
+    plot->plotLayout()->addElement(1, 1, column);
+    column->addElement(0, 0, plot->legend);
+    column->setMargins(QMargins(0, 8, 6, 0));
+    column->insertRow(1);  // a spacer row takes the rest of the height
+    column->setRowStretchFactor(0, 0.01);
+    plot->plotLayout()->setColumnStretchFactor(1, 0.01);
+    plot->legend->setVisible(true);
+    plot->legend->setFont(QFont(plot->font().family(), 8));
+    plot->legend->setBorderPen(Qt::NoPen);
+}
+
 QString dataDir()
 {
     const QString fromEnv = qEnvironmentVariable("QUANTLENS_DATA");
@@ -334,7 +349,7 @@ GptqPane::GptqPane(AppSession* session, JobRunner* jobs, CalibrationState* calib
     m_dampLog->setReadOnly(true);
     m_dampLog->setMaximumBlockCount(2000);
     m_dampLog->setPlaceholderText(tr("Dampening raises appear here (none so far)."));
-    m_dampLog->setFixedHeight(52);
+    m_dampLog->setFixedHeight(44);
 
     auto* tableBox = new QWidget(this);
     auto* tableLayout = new QVBoxLayout(tableBox);
@@ -474,7 +489,7 @@ QWidget* GptqPane::buildPlots()
 
     m_lossPlot = new QCustomPlot(w);
     m_lossPlot->setObjectName(QStringLiteral("gptqLossPlot"));
-    m_lossPlot->setMinimumHeight(170);
+    m_lossPlot->setMinimumHeight(120);
     m_lossPlot->plotLayout()->insertRow(0);
     m_lossPlot->plotLayout()->addElement(
         0, 0,
@@ -492,32 +507,34 @@ QWidget* GptqPane::buildPlots()
         QCPScatterStyle(QCPScatterStyle::ssDisc, kGptqColor, kGptqColor, 6));
     m_gptqLoss->setPen(QPen(kGptqColor));
     m_lossPlot->yAxis->setScaleType(QCPAxis::stLogarithmic);
-    m_lossPlot->yAxis->setTicker(QSharedPointer<QCPAxisTickerLog>::create());
+    {
+        auto ticker = QSharedPointer<QCPAxisTickerLog>::create();
+        ticker->setTickCount(4);
+        m_lossPlot->yAxis->setTicker(ticker);
+    }
     m_lossPlot->yAxis->setNumberFormat(QStringLiteral("gb"));
     m_lossPlot->yAxis->setNumberPrecision(0);
     m_lossPlot->yAxis->setLabel(tr("loss (log)"));
     m_lossPlot->xAxis->setLabel(tr("layer, in processing order"));
     m_lossPlot->xAxis->setTicker(QSharedPointer<QCPAxisTickerText>::create());
-    m_lossPlot->legend->setVisible(true);
-    m_lossPlot->legend->setFont(QFont(font().family(), 8));
-    m_lossPlot->axisRect()->insetLayout()->setInsetAlignment(0, Qt::AlignTop | Qt::AlignRight);
+    legendBeside(m_lossPlot);
     m_lossPlot->setInteractions(QCP::iRangeDrag | QCP::iRangeZoom);
 
     m_hessPlot = new QCustomPlot(w);
     m_hessPlot->setObjectName(QStringLiteral("gptqHessianPlot"));
-    m_hessPlot->setMinimumHeight(150);
+    m_hessPlot->setMinimumHeight(120);
     m_hessPlot->plotLayout()->insertRow(0);
     m_hessPlot->plotLayout()->addElement(
         0, 0,
         new QCPTextElement(m_hessPlot, tr("Hessian diagonal of the current layer"),
                            QFont(font().family(), 9, QFont::Bold)));
     m_hessOriginal = m_hessPlot->addGraph();
-    m_hessOriginal->setName(tr("by input column"));
+    m_hessOriginal->setName(tr("input column"));
     m_hessOriginal->setLineStyle(QCPGraph::lsNone);
     m_hessOriginal->setScatterStyle(
         QCPScatterStyle(QCPScatterStyle::ssCircle, QColor(150, 150, 150), 3));
     m_hessSorted = m_hessPlot->addGraph();
-    m_hessSorted->setName(tr("in processing order"));
+    m_hessSorted->setName(tr("processing order"));
     m_hessSorted->setPen(QPen(kGptqColor, 1.6));
     m_columnMark = new QCPItemStraightLine(m_hessPlot);
     m_columnMark->setPen(QPen(kRtnColor, 1, Qt::DashLine));
@@ -525,13 +542,16 @@ QWidget* GptqPane::buildPlots()
     m_columnMark->point2->setCoords(0, 2);
     m_columnMark->setVisible(false);
     m_hessPlot->yAxis->setScaleType(QCPAxis::stLogarithmic);
-    m_hessPlot->yAxis->setTicker(QSharedPointer<QCPAxisTickerLog>::create());
+    {
+        auto ticker = QSharedPointer<QCPAxisTickerLog>::create();
+        ticker->setTickCount(4);
+        m_hessPlot->yAxis->setTicker(ticker);
+    }
     m_hessPlot->yAxis->setNumberFormat(QStringLiteral("gb"));
-    m_hessPlot->yAxis->setNumberPrecision(2);
+    m_hessPlot->yAxis->setNumberPrecision(1);
     m_hessPlot->yAxis->setLabel(tr("H_ii (log)"));
-    m_hessPlot->xAxis->setLabel(tr("column (input channel, or position in processing order)"));
-    m_hessPlot->legend->setVisible(true);
-    m_hessPlot->legend->setFont(QFont(font().family(), 8));
+    m_hessPlot->xAxis->setLabel(tr("input column, or position in processing order"));
+    legendBeside(m_hessPlot);
     m_hessPlot->setInteractions(QCP::iRangeDrag | QCP::iRangeZoom);
 
     v->addWidget(m_lossPlot, 1);
@@ -953,7 +973,7 @@ void GptqPane::drawLosses()
     m_gptqLoss->setData(x, gptq, true);
     m_lossPlot->xAxis->setRange(-0.8, std::max<double>(1.0, double(rows.size()) - 0.2));
     if (hi > 0)
-        m_lossPlot->yAxis->setRange(lo / 2, hi * 12);  // headroom for the legend
+        m_lossPlot->yAxis->setRange(lo / 2, hi * 2);
     else
         m_lossPlot->yAxis->setRange(1e-3, 1);
     m_lossPlot->replot(QCustomPlot::rpQueuedReplot);
@@ -978,16 +998,14 @@ void GptqPane::drawHessian(const ql::GptqLayerStart& layer)
     }
     m_hessOriginal->setData(xs, orig, true);
     m_hessSorted->setData(xs, sorted, true);
-    m_hessSorted->setName(layer.actOrder ? tr("in processing order (act-order: descending)")
-                                         : tr("in processing order (= column order)"));
+    m_hessSorted->setName(layer.actOrder ? tr("processing order\n(act-order)")
+                                         : tr("processing order\n(= column order)"));
     m_hessPlot->xAxis->setRange(-0.5, double(n) - 0.5);
-    if (hi > 0) m_hessPlot->yAxis->setRange(lo / 1.5, hi * 3);  // headroom for the legend
+    if (hi > 0) m_hessPlot->yAxis->setRange(lo / 1.5, hi * 1.5);
     auto* title = qobject_cast<QCPTextElement*>(m_hessPlot->plotLayout()->element(0, 0));
     if (title)
-        title->setText(tr("Hessian diagonal of %1 (%2 × %3, damp %4%5)")
+        title->setText(tr("Hessian diagonal of %1 (damp %2%3)")
                            .arg(QString::fromStdString(layer.tensor))
-                           .arg(layer.rows)
-                           .arg(layer.cols)
                            .arg(layer.damp, 0, 'g', 3)
                            .arg(layer.deadColumns ? tr(", %1 dead columns").arg(layer.deadColumns)
                                                   : QString()));

@@ -148,7 +148,7 @@ void MainWindow::createDocks()
     m_gptqPane = new GptqPane(m_session, m_session->jobs(), m_calibration, this);
     m_gptqDock = new QDockWidget(tr("GPTQ Run"), this);
     m_gptqDock->setObjectName(QStringLiteral("gptqDock"));
-    m_gptqDock->setWidget(m_gptqPane);
+    m_gptqDock->setWidget(scrollable(m_gptqPane));
     addDockWidget(Qt::BottomDockWidgetArea, m_gptqDock);
     tabifyDockWidget(m_generateDock, m_gptqDock);
     m_treeDock->raise();

@@ -307,6 +307,23 @@ void TestGptqPane::dockedInMainWindow()
     QVERIFY(window.gptqDock()->isVisible());
     for (const char* dock : {"modelDock", "calibrationDock", "activationsDock", "gridDock"})
         QVERIFY2(window.findChild<QDockWidget*>(QString::fromLatin1(dock)), dock);
+
+    // Docked at the default window size, after a run: what a user sees.
+    const QString dir = qEnvironmentVariable("QL_PANE_SCREENSHOTS");
+    if (dir.isEmpty()) return;
+    window.setAutoSelectTensor(false);
+    window.resize(1400, 900);
+    QSignalSpy loaded(window.session(), &AppSession::modelLoaded);
+    window.openPath(QString::fromStdString(ql::test::dataPath(kModel)));
+    QTRY_COMPARE_WITH_TIMEOUT(loaded.count(), 1, kSlow);
+    window.gptqPane()->setRequest(stories260KRequest("*=int4:g32:gptq:actorder"));
+    QSignalSpy finished(window.gptqPane(), &GptqPane::runFinished);
+    window.gptqPane()->start();
+    QTRY_COMPARE_WITH_TIMEOUT(finished.count(), 1, kSlow);
+    window.gptqPane()->layerView()->clicked(window.gptqPane()->layerModel()->index(3, 0));
+    QTRY_VERIFY_WITH_TIMEOUT(window.session()->stats() != nullptr, kSlow);
+    QTest::qWait(400);
+    QVERIFY(window.grab().save(dir + QStringLiteral("/gptq-docked.png")));
 }
 
 void TestGptqPane::cleanupTestCase()
