@@ -737,11 +737,13 @@ void GptqPane::startRun(const GptqRunRequest& request)
     updateProgressText();
 
     std::shared_ptr<ql::PauseGate> gate = m_gate;
-    GptqRelay* relay = m_relay;  // outlives the job: deleted only by the next start or the pane
+    std::shared_ptr<ql::GptqObserver> observer = m_relay->observer();  // safe if the pane goes
     using ModelPtr = std::shared_ptr<const ql::QuantizedModel>;
-    JobRunner::Work<ModelPtr> work = [model, layout = *layout, request, calibration, gate, relay](
-                                         const ql::ProgressFn& progress) -> ql::Result<ModelPtr> {
-        auto q = runGptq(*model, layout, request, calibration, relay, gate.get(), progress);
+    JobRunner::Work<ModelPtr> work =
+        [model, layout = *layout, request, calibration, gate,
+         observer](const ql::ProgressFn& progress) -> ql::Result<ModelPtr> {
+        auto q =
+            runGptq(*model, layout, request, calibration, observer.get(), gate.get(), progress);
         if (!q) return q.error();
         return ModelPtr(std::make_shared<const ql::QuantizedModel>(std::move(q).value()));
     };

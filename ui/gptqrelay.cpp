@@ -2,43 +2,47 @@
 
 #include <QTimer>
 
+#include <atomic>
+#include <mutex>
+
 #include "util/pause_gate.h"
 
-GptqRelay::GptqRelay(std::shared_ptr<ql::PauseGate> gate, QObject* parent)
-    : QObject(parent), m_gate(std::move(gate))
-{
-    qRegisterMetaType<GptqEventBatch>();
-}
+class GptqRelay::Sink : public ql::GptqObserver {
+public:
+    Sink(GptqRelay* relay, std::shared_ptr<ql::PauseGate> gate)
+        : m_relay(relay), m_gate(std::move(gate))
+    {
+    }
 
-void GptqRelay::runStarted(const ql::GptqRunStart& e)
-{
-    push(e);
-}
+    void runStarted(const ql::GptqRunStart& e) override { push(e); }
+    void layerStarted(const ql::GptqLayerStart& e) override { push(e); }
+    void layerProgress(const ql::GptqLayerProgress& e) override { push(e); }
+    void dampRaised(const ql::GptqDampRaise& e) override { push(e); }
+    void layerFinished(const ql::GptqLayerDone& e) override
+    {
+        push(e);
+        if (m_step && m_gate) m_gate->pause();
+    }
 
-void GptqRelay::layerStarted(const ql::GptqLayerStart& e)
-{
-    push(e);
-}
+    GptqEventBatch take()
+    {
+        std::lock_guard lock(m_mutex);
+        GptqEventBatch batch;
+        batch.swap(m_queue);
+        m_scheduled = false;
+        return batch;
+    }
 
-void GptqRelay::layerProgress(const ql::GptqLayerProgress& e)
-{
-    push(e);
-}
+    void detach()
+    {
+        std::lock_guard lock(m_mutex);
+        m_relay = nullptr;
+    }
 
-void GptqRelay::dampRaised(const ql::GptqDampRaise& e)
-{
-    push(e);
-}
+    std::atomic_bool m_step{false};
 
-void GptqRelay::layerFinished(const ql::GptqLayerDone& e)
-{
-    push(e);
-    if (m_step && m_gate) m_gate->pause();
-}
-
-void GptqRelay::push(GptqEvent event)
-{
-    bool schedule = false;
+private:
+    void push(GptqEvent event)
     {
         std::lock_guard lock(m_mutex);
         if (std::holds_alternative<ql::GptqLayerProgress>(event) && !m_queue.empty() &&
@@ -46,10 +50,39 @@ void GptqRelay::push(GptqEvent event)
             m_queue.back() = std::move(event);
         else
             m_queue.push_back(std::move(event));
-        schedule = !m_scheduled;
-        m_scheduled = true;
+        // Posted under the mutex: the relay cannot be destroyed in between (detach waits).
+        if (m_relay && !m_scheduled) {
+            m_scheduled = true;
+            QMetaObject::invokeMethod(m_relay, &GptqRelay::deliver, Qt::QueuedConnection);
+        }
     }
-    if (schedule) QMetaObject::invokeMethod(this, &GptqRelay::deliver, Qt::QueuedConnection);
+
+    std::mutex m_mutex;
+    GptqRelay* m_relay;        // guarded by m_mutex; null once the relay is gone
+    GptqEventBatch m_queue;    // guarded by m_mutex
+    bool m_scheduled = false;  // guarded by m_mutex: a delivery is on its way
+    std::shared_ptr<ql::PauseGate> m_gate;
+};
+
+GptqRelay::GptqRelay(std::shared_ptr<ql::PauseGate> gate, QObject* parent)
+    : QObject(parent), m_sink(std::make_shared<Sink>(this, std::move(gate)))
+{
+    qRegisterMetaType<GptqEventBatch>();
+}
+
+GptqRelay::~GptqRelay()
+{
+    m_sink->detach();
+}
+
+std::shared_ptr<ql::GptqObserver> GptqRelay::observer() const
+{
+    return m_sink;
+}
+
+void GptqRelay::setStepMode(bool on)
+{
+    m_sink->m_step = on;
 }
 
 void GptqRelay::deliver()
@@ -63,12 +96,7 @@ void GptqRelay::deliver()
 
 void GptqRelay::flushNow()
 {
-    GptqEventBatch batch;
-    {
-        std::lock_guard lock(m_mutex);
-        batch.swap(m_queue);
-        m_scheduled = false;
-    }
+    GptqEventBatch batch = m_sink->take();
     if (batch.empty()) return;
     m_sinceLast.start();
     ++m_deliveries;

@@ -64,6 +64,7 @@ private slots:
     void stepPauseResumeCancel();
     void partialModelEvaluatesAndExports();
     void fullRunIsThrottled();
+    void paneClosedMidRun();
     void screenshot();
     void dockedInMainWindow();
     void cleanupTestCase();
@@ -254,6 +255,19 @@ void TestGptqPane::fullRunIsThrottled()
     for (int r = 0; r < layers->rowCount(); ++r)
         QVERIFY(layers->data(layers->index(r, 5), Qt::UserRole).toDouble() < 1.0);
     QVERIFY(m_pane->dampLog().isEmpty());
+}
+
+// A pane closed while its run holds at the gate: the run is cancelled, nothing is delivered to
+// the dead pane, the worker goes idle.
+void TestGptqPane::paneClosedMidRun()
+{
+    auto pane = std::make_unique<GptqPane>(m_session.get(), m_session->jobs(), m_state.get());
+    pane->setRequest(stories260KRequest("*=int4:g32:gptq"));
+    pane->setStepMode(true);
+    pane->start();
+    QTRY_COMPARE_WITH_TIMEOUT(pane->state(), GptqPane::State::Paused, kSlow);
+    pane.reset();
+    QTRY_VERIFY_WITH_TIMEOUT(!m_session->jobs()->isBusy(), kSlow);
 }
 
 void TestGptqPane::screenshot()
