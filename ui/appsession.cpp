@@ -128,6 +128,7 @@ void AppSession::openModel(const QString& path)
             m_jobs->cancel(kHistogramTag);
             m_jobs->cancel(kOutliersTag);
             resetSelection();
+            m_quantized.reset();
             m_model = std::move(result).value();
             emit modelLoaded();
             if (!m_model->warnings.empty()) {
@@ -147,6 +148,7 @@ void AppSession::closeModel()
     m_jobs->cancel(kOutliersTag);
     resetSelection();
     m_model.reset();
+    m_quantized.reset();
     emit modelClosed();
 }
 
@@ -168,6 +170,41 @@ void AppSession::selectTensor(const QString& name)
     m_selected = name;
     emit tensorSelected(name);
     requestStats(StatsChange::Selection);
+}
+
+bool AppSession::selectedIsQuantized() const
+{
+    if (!m_showQuantized || !m_quantized || m_selected.isEmpty()) return false;
+    const ql::TensorQuantization* t = m_quantized->find(m_selected.toStdString());
+    return t && !t->report.unfinished;
+}
+
+void AppSession::setQuantizedModel(std::shared_ptr<const ql::QuantizedModel> model)
+{
+    if (model == m_quantized) return;
+    const bool wasQuantized = selectedIsQuantized();
+    m_quantized = std::move(model);
+    ++m_quantizedSerial;
+    emit quantizedModelChanged();
+    if (wasQuantized || selectedIsQuantized()) {
+        // The drawn values change: decode again.
+        m_decoded.reset();
+        m_baseStats.reset();
+        requestStats(StatsChange::Selection);
+    }
+}
+
+void AppSession::setShowQuantized(bool on)
+{
+    if (on == m_showQuantized) return;
+    const bool wasQuantized = selectedIsQuantized();
+    m_showQuantized = on;
+    emit quantizedModelChanged();
+    if (wasQuantized != selectedIsQuantized()) {
+        m_decoded.reset();
+        m_baseStats.reset();
+        requestStats(StatsChange::Selection);
+    }
 }
 
 void AppSession::setHistogramBins(int bins)
@@ -224,8 +261,15 @@ void AppSession::requestStats(StatsChange change)
     if (!info) return;
     const quint64 serial = ++m_statsSerial;
     m_stats.reset();
+    // The quantized values of the tensor, when those are shown: their own cache key.
+    std::shared_ptr<const ql::QuantizedModel> quantized;
+    std::string cacheKey = m_model->path;
+    if (selectedIsQuantized()) {
+        quantized = m_quantized;
+        cacheKey += "#quantized-" + std::to_string(m_quantizedSerial);
+    }
 
-    if (auto cached = m_cache->find(m_model->path, info->name, m_options)) {
+    if (auto cached = m_cache->find(cacheKey, info->name, m_options)) {
         m_jobs->cancel(kStatsTag);
         m_jobs->cancel(kHistogramTag);
         m_jobs->cancel(kOutliersTag);
@@ -250,12 +294,14 @@ void AppSession::requestStats(StatsChange change)
     emit statsRequested(m_selected);
 
     auto work = [model = m_model, tensor = *info, options = m_options, decoded = m_decoded,
-                 previous,
+                 previous, quantized, cacheKey,
                  cache = m_cache](const ql::ProgressFn& progress) -> ql::Result<StatsOutput> {
         std::shared_ptr<const DecodedTensor> values = decoded;
         if (!values) {
-            auto data =
-                ql::dequantizeTensor(*model, tensor, subProgress(progress, 0.0, 0.6, "Decoding"));
+            auto data = quantized
+                            ? ql::dequantizedWeights(*quantized, tensor.name)
+                            : ql::dequantizeTensor(*model, tensor,
+                                                   subProgress(progress, 0.0, 0.6, "Decoding"));
             if (!data) return data.error();
             auto d = std::make_shared<DecodedTensor>();
             d->name = tensor.name;
@@ -280,7 +326,7 @@ void AppSession::requestStats(StatsChange change)
         if (!ql::reportProgress(progress, 1.0, "Statistics done"))
             return ql::makeError(ql::ErrorCode::Cancelled, "cancelled");
         stats->tensorName = tensor.name;
-        cache->insert(model->path, options, stats);
+        cache->insert(cacheKey, options, stats);
         return StatsOutput{std::move(stats), std::move(values)};
     };
 

@@ -9,6 +9,10 @@
 // job, ql::computeHistogram over the same [min, max]) and a new outlier rule recomputes the
 // statistics from them ("outliers" job) without decoding again. Results are cached per
 // (model, tensor, options) in a ql::TensorStatsCache.
+//
+// A quantized model (a GPTQ run's result, finished or partial) can be handed to the session for
+// inspection: while showQuantized() is on, the statistics of a tensor it quantized are those of
+// the values it decodes to (cached under their own key), so every weight view shows them.
 #pragma once
 
 #include <QObject>
@@ -20,6 +24,7 @@
 
 #include "compute/backend.h"
 #include "model/model.h"
+#include "quant/quantize_model.h"
 #include "stats/tensor_stats.h"
 
 class JobRunner;
@@ -54,6 +59,11 @@ public:
     bool statsPending() const { return m_statsPending; }
     const ql::TensorStatsOptions& statsOptions() const { return m_options; }
 
+    std::shared_ptr<const ql::QuantizedModel> quantizedModel() const { return m_quantized; }
+    bool showQuantized() const { return m_showQuantized; }
+    // Whether the statistics of the selected tensor are (or will be) of its quantized values.
+    bool selectedIsQuantized() const;
+
     const ql::DeviceInfo& device() const { return m_device; }  // detected: where jobs will run
     const DeviceActivity& deviceActivity() const { return m_activity; }
 
@@ -61,6 +71,9 @@ public slots:
     void openModel(const QString& path);
     void closeModel();
     void selectTensor(const QString& name);
+    // The quantized model to inspect (null: none); it must be the open model's.
+    void setQuantizedModel(std::shared_ptr<const ql::QuantizedModel> model);
+    void setShowQuantized(bool on);
     void setHistogramBins(int bins);
     void setOutlierRule(const ql::OutlierRule& rule);
     void setStatsOptions(const ql::TensorStatsOptions& options);
@@ -77,6 +90,7 @@ signals:
     void modelLoaded();
     void modelClosed();
     void tensorSelected(const QString& name);
+    void quantizedModelChanged();  // the model or showQuantized changed
     void statsOptionsChanged();
     void statsRequested(const QString& tensor);  // computation started: show a busy state
     void statsReady(std::shared_ptr<const ql::TensorStats> stats);
@@ -109,6 +123,9 @@ private:
     bool m_statsPending = false;
     std::shared_ptr<const DecodedTensor> m_decoded;  // values of the selected tensor, if kept
     std::shared_ptr<ql::TensorStatsCache> m_cache;
+    std::shared_ptr<const ql::QuantizedModel> m_quantized;
+    bool m_showQuantized = false;
+    quint64 m_quantizedSerial = 0;  // distinguishes quantized models in the statistics cache
     ql::DeviceInfo m_device;
     DeviceActivity m_activity;
 };

@@ -27,6 +27,7 @@
 #include "calibrationpane.h"
 #include "calibrationstate.h"
 #include "generatepane.h"
+#include "gptqpane.h"
 #include "gridpane.h"
 #include "jobrunner.h"
 #include "format.h"
@@ -37,7 +38,7 @@
 
 namespace {
 
-constexpr int kStateVersion = 4;  // 4: scrolling bottom docks
+constexpr int kStateVersion = 5;  // 5: the GPTQ Run dock
 constexpr int kMaxRecentFiles = 10;
 const char* kRecentKey = "recentFiles";
 
@@ -143,6 +144,13 @@ void MainWindow::createDocks()
     m_generateDock->setWidget(m_generatePane);
     addDockWidget(Qt::BottomDockWidgetArea, m_generateDock);
     tabifyDockWidget(m_gridDock, m_generateDock);
+
+    m_gptqPane = new GptqPane(m_session, m_session->jobs(), m_calibration, this);
+    m_gptqDock = new QDockWidget(tr("GPTQ Run"), this);
+    m_gptqDock->setObjectName(QStringLiteral("gptqDock"));
+    m_gptqDock->setWidget(scrollable(m_gptqPane));
+    addDockWidget(Qt::BottomDockWidgetArea, m_gptqDock);
+    tabifyDockWidget(m_generateDock, m_gptqDock);
     m_treeDock->raise();
     m_gridDock->raise();
 }
@@ -174,8 +182,18 @@ void MainWindow::createActions()
     view->addAction(m_activationsDock->toggleViewAction());
     view->addAction(m_gridDock->toggleViewAction());
     view->addAction(m_generateDock->toggleViewAction());
+    view->addAction(m_gptqDock->toggleViewAction());
     view->addSeparator();
     view->addAction(tr("&Reset Layout"), this, &MainWindow::resetLayout);
+
+    QMenu* quantize = menuBar()->addMenu(tr("&Quantize"));
+    QAction* gptq = quantize->addAction(tr("&GPTQ Run…"), this, [this] {
+        m_gptqDock->show();
+        m_gptqDock->raise();
+    });
+    gptq->setToolTip(tr("Run GPTQ over the model and watch it layer by layer"));
+    quantize->addSeparator();
+    quantize->addAction(m_gptqDock->toggleViewAction());
 
     QMenu* help = menuBar()->addMenu(tr("&Help"));
     help->addAction(tr("&About QuantLens"), this, &MainWindow::showAbout);

@@ -13,6 +13,7 @@ class CalibrationPane;
 class CalibrationState;
 class GridPane;
 class GeneratePane;
+class GptqPane;
 class ModelTree;
 class QAction;
 class QDockWidget;
@@ -33,6 +34,8 @@ public:
     ModelTree* modelTree() const { return m_modelTree; }
     WeightsPane* weightsPane() const { return m_weightsPane; }
     MetadataPane* metadataPane() const { return m_metadataPane; }
+    GptqPane* gptqPane() const { return m_gptqPane; }
+    QDockWidget* gptqDock() const { return m_gptqDock; }
 
     // After a model loads, select its first attention or linear weight (on by default).
     void setAutoSelectTensor(bool on) { m_autoSelect = on; }
@@ -85,6 +88,8 @@ private:
     QDockWidget* m_gridDock = nullptr;
     GeneratePane* m_generatePane = nullptr;
     QDockWidget* m_generateDock = nullptr;
+    GptqPane* m_gptqPane = nullptr;
+    QDockWidget* m_gptqDock = nullptr;
 
     QMenu* m_recentMenu = nullptr;
     QAction* m_closeAction = nullptr;

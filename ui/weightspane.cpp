@@ -221,6 +221,7 @@ WeightsPane::WeightsPane(AppSession* session, QWidget* parent)
     connect(m_session, &AppSession::statsReady, this, &WeightsPane::onStatsReady);
     connect(m_session, &AppSession::statsFailed, this, &WeightsPane::onStatsFailed);
     connect(m_session, &AppSession::statsOptionsChanged, this, &WeightsPane::onOptionsChanged);
+    connect(m_session, &AppSession::quantizedModelChanged, this, &WeightsPane::updateHeader);
 
     onOptionsChanged();
     onModelClosed();
@@ -649,6 +650,16 @@ void WeightsPane::updateHeader()
                               QString::fromUtf8(ql::tensorRoleName(info->role)), shape, type,
                               human::bytes(info->bytes))
                          .arg(human::count(info->elementCount())));
+    if (m_session->selectedIsQuantized()) {
+        const ql::TensorQuantization* q =
+            m_session->quantizedModel()->find(m_session->selectedTensor().toStdString());
+        QString how = QString::fromStdString(ql::formatToString(q->report.plan.format));
+        if (q->report.gptq) how += QStringLiteral(" GPTQ");
+        m_title->setText(m_title->text() +
+                         tr(" &nbsp;·&nbsp; <span style='color:#b35900'><b>quantized values</b> "
+                            "(%1)</span>")
+                             .arg(how.toHtmlEscaped()));
+    }
 }
 
 void WeightsPane::clearPlots()

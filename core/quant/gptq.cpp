@@ -28,6 +28,7 @@
 #include "quant/nf4.h"
 #include "quant/rtn.h"
 #include "quant/uniform.h"
+#include "util/pause_gate.h"
 #include "util/serial_threads.h"
 
 namespace ql {
@@ -411,7 +412,7 @@ std::string gptqOptionsText(const GptqOptions& o)
 Result<GptqResult> quantizeGptq(const float* w, std::int64_t rows, std::int64_t cols,
                                 std::span<const double> hessian, const QuantFormat& format,
                                 const GptqOptions& options, const float* importance,
-                                const ProgressFn& progress)
+                                const ProgressFn& progress, const GptqMonitor& monitor)
 {
     const auto start = std::chrono::steady_clock::now();
     if (!w || rows <= 0 || cols <= 0)
@@ -474,6 +475,22 @@ Result<GptqResult> quantizeGptq(const float* w, std::int64_t rows, std::int64_t 
                              [&](std::int32_t a, std::int32_t b) { return H(a, a) > H(b, b); });
         std::vector<std::int64_t> pos(static_cast<std::size_t>(cols));
         for (std::int64_t p = 0; p < cols; ++p) pos[std::size_t(perm[std::size_t(p)])] = p;
+        const std::int64_t blockCount = (cols + options.blockSize - 1) / options.blockSize;
+        if (monitor.observer) {
+            GptqLayerStart e;
+            e.tensor = monitor.tensor;
+            e.rows = rows;
+            e.cols = cols;
+            e.format = formatToString(format);
+            e.hessianDiagonal.resize(std::size_t(cols));
+            for (Index i = 0; i < cols; ++i) e.hessianDiagonal[std::size_t(i)] = H0(i, i);
+            e.order = perm;
+            e.actOrder = options.actOrder;
+            e.damp = options.damp;
+            e.blockSize = options.blockSize;
+            e.deadColumns = out.deadColumns;
+            monitor.observer->layerStarted(e);
+        }
 
         // U: upper Cholesky factor of (P^T H P + damp I)^-1, raising damp until both
         // factorizations succeed.
@@ -514,6 +531,8 @@ Result<GptqResult> quantizeGptq(const float* w, std::int64_t rows, std::int64_t 
                                      sci(frac) + " x mean diagonal (" + failure + ")");
             out.dampRaises.push_back("Cholesky failed at damp=" + sci(frac) + " (" + failure +
                                      "); raised to damp=" + sci(next));
+            if (monitor.observer)
+                monitor.observer->dampRaised({monitor.tensor, frac, next, out.dampRaises.back()});
             frac = next;
         }
         if (!reportProgress(progress, 0.05, "gptq"))
@@ -612,7 +631,15 @@ Result<GptqResult> quantizeGptq(const float* w, std::int64_t rows, std::int64_t 
             }
             if (i2 < cols)
                 W.rightCols(cols - i2).noalias() -= Err * U.block(i1, i2, count, cols - i2);
-            if (!reportProgress(progress, 0.05 + 0.85 * double(i2) / double(cols), "gptq"))
+            const double fraction = 0.05 + 0.85 * double(i2) / double(cols);
+            if (!reportProgress(progress, fraction, "gptq"))
+                return makeError(ErrorCode::Cancelled, "gptq cancelled");
+            if (monitor.observer)
+                monitor.observer->layerProgress({monitor.tensor, i1 / bs, std::int64_t(blockCount),
+                                                 std::int64_t(i2), cols,
+                                                 double(i2) / double(cols)});
+            if (monitor.gate && i2 < cols &&
+                !monitor.gate->pass([&] { return reportProgress(progress, fraction, "paused"); }))
                 return makeError(ErrorCode::Cancelled, "gptq cancelled");
         }
 
@@ -657,6 +684,19 @@ Result<GptqResult> quantizeGptq(const float* w, std::int64_t rows, std::int64_t 
         out.weights = std::move(Q);
         out.seconds =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        if (monitor.observer) {
+            GptqLayerDone e;
+            e.tensor = monitor.tensor;
+            e.loss = out.loss;
+            e.rtnLoss = out.rtnLoss;
+            e.error = out.error;
+            e.rtnError = out.rtnError;
+            e.damp = out.damp;
+            e.dampRaises = std::int64_t(out.dampRaises.size());
+            e.deadColumns = out.deadColumns;
+            e.seconds = out.seconds;
+            monitor.observer->layerFinished(e);
+        }
         (void)reportProgress(progress, 1.0, "gptq");
         return out;
     } catch (const std::bad_alloc&) {

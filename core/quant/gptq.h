@@ -39,6 +39,7 @@
 
 #include "quant/error_metrics.h"
 #include "quant/format.h"
+#include "quant/gptq_observer.h"
 #include "util/progress.h"
 #include "util/result.h"
 
@@ -87,9 +88,12 @@ struct GptqResult {
 // importance: optional cols values for the llama.cpp formats' scale search (as quantizeRtn).
 // Errors: InvalidArgument (shapes, non-finite input, a float format, a format that does not fit),
 // Numerical (no dampening up to 1e6 x mean diag makes H factorizable), Cancelled, OutOfMemory.
+// `monitor` sees the layer's events (gptq_observer.h) and holds the loop at its pause gate
+// between lazy blocks; cancellation (progress returning false, or the gate cancelled) is checked
+// after every block.
 Result<GptqResult> quantizeGptq(const float* w, std::int64_t rows, std::int64_t cols,
                                 std::span<const double> hessian, const QuantFormat& format,
                                 const GptqOptions& options = {}, const float* importance = nullptr,
-                                const ProgressFn& progress = {});
+                                const ProgressFn& progress = {}, const GptqMonitor& monitor = {});
 
 }  // namespace ql

@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "calib/calibrate.h"
+#include "util/pause_gate.h"
 
 namespace ql {
 namespace {
@@ -126,6 +127,29 @@ Result<SequentialQuantization> quantizeModelSequential(const Model& model, Llama
     auto cancelled = [] {
         return makeError(ErrorCode::Cancelled, "sequential quantization cancelled");
     };
+    // Cancellation and the pause gate, between calibration windows.
+    auto proceed = [&](double within, const std::string& what) {
+        if (!report(within, what)) return false;
+        return !options.pauseGate ||
+               options.pauseGate->pass([&] { return report(within, "paused"); });
+    };
+    std::vector<bool> finished(plan->tensors.size(), false);
+
+    if (options.gptqObserver) {
+        GptqRunStart start;
+        start.sequential = true;
+        auto add = [&](const std::vector<std::size_t>& list) {
+            for (std::size_t i : list) {
+                const TensorPlan& p = plan->tensors[i];
+                if (runsGptq(model, p))
+                    start.layers.push_back({p.name, p.rows, p.cols, formatToString(p.format)});
+            }
+        };
+        add(outside);
+        for (const auto& groups : inBlock)
+            for (int g : {4, 0, 1, 2, 3}) add(groups[std::size_t(g)]);
+        options.gptqObserver->runStarted(start);
+    }
 
     auto quantizeOne = [&](std::size_t i, const CalibrationResult* calibration, double from,
                            double to) -> Status {
@@ -141,6 +165,7 @@ Result<SequentialQuantization> quantizeModelSequential(const Model& model, Llama
             QL_TRY_STATUS(llama.weights().replaceWeights(p.name, *values));
         }
         out.model.tensors[i] = std::move(t).value();
+        finished[i] = true;
         return {};
     };
     auto quantizeAll = [&](const std::vector<std::size_t>& list,
@@ -153,7 +178,7 @@ Result<SequentialQuantization> quantizeModelSequential(const Model& model, Llama
         return {};
     };
 
-    try {
+    auto run = [&]() -> Status {
         QL_TRY_STATUS(quantizeAll(outside, nullptr, 0.0, 1.0));
         step += 1;
 
@@ -186,8 +211,8 @@ Result<SequentialQuantization> quantizeModelSequential(const Model& model, Llama
                     probe.setSample(std::int32_t(s));
                     MatrixXfRowMajor h = hidden[s];
                     QL_TRY_STATUS(llama.runBlock(b, h, &probe));
-                    if (!report(0.5 * double(s + 1) / double(windows.size()),
-                                "calibrating " + name))
+                    if (!proceed(0.5 * double(s + 1) / double(windows.size()),
+                                 "calibrating " + name))
                         return cancelled();
                 }
                 if (!probe.stats())
@@ -205,12 +230,24 @@ Result<SequentialQuantization> quantizeModelSequential(const Model& model, Llama
             }
             for (std::size_t s = 0; s < windows.size(); ++s) {
                 QL_TRY_STATUS(llama.runBlock(b, hidden[s]));
-                if (!report(double(s + 1) / double(windows.size()),
-                            "block " + std::to_string(b) + " done"))
+                if (!proceed(double(s + 1) / double(windows.size()),
+                             "block " + std::to_string(b) + " done"))
                     return cancelled();
             }
             step += 1;
         }
+        return {};
+    };
+    try {
+        Status status = run();
+        if (!status && status.error().code == ErrorCode::Cancelled && options.partialOnCancel) {
+            QL_TRY_STATUS(completePartialModel(model, finished, out.model));
+            out.model.seconds =
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+            calib.seconds = out.model.seconds;
+            return out;
+        }
+        if (!status) return status.error();
     } catch (const std::bad_alloc&) {
         return makeError(ErrorCode::OutOfMemory, "out of memory in sequential quantization (" +
                                                      std::to_string(windows.size()) +

@@ -41,6 +41,10 @@ struct SequentialQuantization {
 // `llama` must hold `model`'s unquantized weights (LlamaModel::create(model)). On success it
 // holds the quantized model's decoded weights, ready to evaluate; after an error (Cancelled
 // included) it holds a mix and should be discarded. Windows: e.g. makeCalibrationWindows.
+// With options.partialOnCancel a cancelled run succeeds with a partial model (model.partial),
+// and `llama` then holds exactly that model's weights: the finished tensors decoded, the rest
+// unquantized. options.gptqObserver sees every GPTQ layer (runStarted lists them in this
+// function's order); options.pauseGate is passed between calibration windows too.
 Result<SequentialQuantization> quantizeModelSequential(const Model& model, LlamaModel& llama,
                                                        const std::vector<TokenWindow>& windows,
                                                        const Layout& layout,

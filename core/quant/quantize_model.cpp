@@ -12,6 +12,7 @@
 #include "quant/ggml_dequant.h"
 #include "quant/gptq.h"
 #include "quant/rtn.h"
+#include "util/pause_gate.h"
 
 namespace ql {
 
@@ -164,6 +165,69 @@ std::uint64_t QuantizedModel::storedBits() const
     return n;
 }
 
+std::size_t QuantizedModel::finishedCount() const
+{
+    std::size_t n = 0;
+    for (const auto& t : tensors) n += t.report.unfinished ? 0 : 1;
+    return n;
+}
+
+std::vector<GptqPlannedLayer> plannedGptqLayers(const Model& model, const LayoutPlan& plan)
+{
+    std::vector<GptqPlannedLayer> layers;
+    for (const TensorPlan& p : plan.tensors)
+        if (runsGptq(model, p))
+            layers.push_back({p.name, p.rows, p.cols, formatToString(p.format)});
+    return layers;
+}
+
+Status completePartialModel(const Model& model, const std::vector<bool>& finished,
+                            QuantizedModel& out)
+{
+    const std::size_t n = out.plan.tensors.size();
+    if (out.tensors.size() < n) out.tensors.resize(n);
+    std::size_t kept = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        if (i < finished.size() && finished[i]) continue;
+        TensorPlan& p = out.plan.tensors[i];
+        const TensorInfo* info = model.find(p.name);
+        if (!info)
+            return makeError(ErrorCode::InvalidArgument, "the model has no tensor " + p.name);
+        const QuantFormat source =
+            traits(info->type).blockSize == 1 ? floatFormat(info->type) : ggmlFormat(info->type);
+        p.requested = source;
+        p.format = source;
+        p.method = QuantMethod::Rtn;
+        p.methodOptions.clear();
+        p.fallbackReason.clear();
+        TensorQuantization t;
+        t.report.plan = p;
+        t.report.probe = inputProbeName(*info);
+        t.report.copied = true;
+        t.report.unfinished = true;
+        t.report.note = "not quantized: the run stopped first (kept as in the source)";
+        const auto bytes = model.data(*info);
+        t.quantized.format = source;
+        t.quantized.rows = p.rows;
+        t.quantized.cols = p.cols;
+        t.quantized.blocks.assign(bytes.begin(), bytes.end());
+        t.report.storedBits = t.quantized.storedBits();
+        out.tensors[i] = std::move(t);
+        ++kept;
+    }
+    std::erase_if(out.plan.fallbacks, [&](const LayoutFallback& f) {
+        const TensorQuantization* t = out.find(f.tensor);
+        return t && t->report.unfinished;
+    });
+    out.partial = kept > 0;
+    if (out.partial)
+        out.plan.warnings.push_back("partial model: the run was cancelled after " +
+                                    std::to_string(n - kept) + " of " + std::to_string(n) +
+                                    " tensors; the other " + std::to_string(kept) +
+                                    " are kept as in the source");
+    return {};
+}
+
 Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& plan,
                                           const CalibrationResult* calibration,
                                           const QuantizeOptions& options,
@@ -182,7 +246,9 @@ Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& 
     if (info->elementCount() != plan.elementCount())
         return makeError(ErrorCode::InvalidArgument,
                          plan.name + ": the plan was made for another shape");
-    if (!reportProgress(progress, 0.0, plan.name))
+    if (!reportProgress(progress, 0.0, plan.name) ||
+        (options.pauseGate &&
+         !options.pauseGate->pass([&] { return reportProgress(progress, 0.0, "paused"); })))
         return makeError(ErrorCode::Cancelled, "quantization cancelled");
 
     TensorQuantization out;
@@ -254,8 +320,9 @@ Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& 
         if (runsGptq(model, plan)) {
             const std::string why = missingHessian(calibration, rep.probe, plan.cols);
             if (!why.empty()) return makeError(ErrorCode::InvalidArgument, plan.name + ": " + why);
+            const GptqMonitor monitor{options.gptqObserver, options.pauseGate, plan.name};
             auto g = quantizeGptq(ref.data(), plan.rows, plan.cols, probe->stats.hessian(),
-                                  plan.format, gptqOptions, imp, progress);
+                                  plan.format, gptqOptions, imp, progress, monitor);
             if (!g) {
                 Error e = g.error();
                 if (e.code != ErrorCode::Cancelled) e.message = plan.name + ": " + e.message;
@@ -353,6 +420,7 @@ Result<QuantizedModel> quantizeModel(const Model& model, const Layout& layout,
     QuantizedModel out;
     out.layout = layout.toString();
     out.plan = *plan;
+    if (options.gptqObserver) options.gptqObserver->runStarted({plannedGptqLayers(model, *plan)});
     double total = 0;
     for (const auto& p : plan->tensors) total += double(p.elementCount());
     double done = 0;
@@ -366,6 +434,13 @@ Result<QuantizedModel> quantizeModel(const Model& model, const Layout& layout,
                     return progress(total > 0 ? (done + f * n) / total : 1.0, p.name);
                 };
             auto t = quantizeTensor(model, p, calibration, opts, inner);
+            if (!t && t.error().code == ErrorCode::Cancelled && options.partialOnCancel) {
+                std::vector<bool> finished(out.tensors.size(), true);
+                QL_TRY_STATUS(completePartialModel(model, finished, out));
+                out.seconds =
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+                return out;
+            }
             if (!t) return t.error();
             out.tensors.push_back(std::move(t).value());
             done += n;

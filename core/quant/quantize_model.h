@@ -36,6 +36,7 @@
 #include "quant/error_metrics.h"
 #include "quant/format.h"
 #include "quant/gptq.h"
+#include "quant/gptq_observer.h"
 #include "util/progress.h"
 #include "util/result.h"
 
@@ -56,6 +57,13 @@ struct QuantizeOptions {
     bool useImportance = true;  // importance weights from the calibration, when given
     bool hessianError = true;   // compute tr(dW H dW^T) when the calibration has Hessians
     TensorObserver* observer = nullptr;
+    // GPTQ's live events (gptq_observer.h) and the gate the run holds at while paused: before
+    // each tensor, between GPTQ's lazy blocks and (true-sequential) between calibration windows.
+    GptqObserver* gptqObserver = nullptr;
+    PauseGate* pauseGate = nullptr;
+    // A cancelled whole-model run returns what it finished (QuantizedModel::partial) instead of
+    // ErrorCode::Cancelled. Other errors are still errors.
+    bool partialOnCancel = false;
     // AWQ's scales and folds (computeAwqTransform); quantizeModel and the GGUF writer fill it in
     // when the layout has awq rules. A tensor it names is transformed before quantization (and
     // re-encoded even when its storage type is kept: a folded norm is written as its new F32).
@@ -98,6 +106,9 @@ struct TensorReport {
     std::string note;                // e.g. why the calibration could not be used for this tensor
     std::optional<GptqReport> gptq;  // when GPTQ quantized the tensor
     std::optional<AwqReport> awq;    // when AWQ scaled and quantized the tensor
+    // In a partial model: the run stopped before this tensor, which is kept as in the source
+    // (its plan names the source's storage type, its bytes are the source's).
+    bool unfinished = false;
 };
 
 struct TensorQuantization {
@@ -105,16 +116,31 @@ struct TensorQuantization {
     QuantizedTensor quantized;  // Float and llama.cpp formats hold their raw bytes in `blocks`
 };
 
+// A partial model comes from a run cancelled with QuantizeOptions::partialOnCancel: the tensors
+// the run finished are quantized as the layout says, the others (TensorReport::unfinished) are
+// the source's bytes in the source's type, and `plan` says so for each tensor (their fallbacks
+// dropped, a warning added), so the partial model evaluates and exports like any other.
 struct QuantizedModel {
     std::string layout;  // canonical layout text
     LayoutPlan plan;
     std::vector<TensorQuantization> tensors;  // the model's tensor order
     double seconds = 0;
+    bool partial = false;
 
     const TensorQuantization* find(std::string_view name) const;
     std::int64_t weightCount() const;
     std::uint64_t storedBits() const;
+    std::size_t finishedCount() const;  // tensors not unfinished
 };
+
+// The tensors a whole-model run will quantize with GPTQ, in the order quantizeModel does them
+// (runStarted's list).
+std::vector<GptqPlannedLayer> plannedGptqLayers(const Model& model, const LayoutPlan& plan);
+
+// Makes `out` a partial model: tensors whose `finished` flag is false (or that are missing from
+// out.tensors, which must then be empty or hold plan order) are taken from the source unchanged.
+Status completePartialModel(const Model& model, const std::vector<bool>& finished,
+                            QuantizedModel& out);
 
 // One line on a tensor GPTQ quantized, for logs: name, format, GPTQ's loss against rtn's, the
 // output error tr(dW H dW^T) of both relative to tr(W H W^T), the dampening, dampening raises and
