@@ -21,6 +21,7 @@ class QMenu;
 class QProgressBar;
 class QTimer;
 class QToolButton;
+class SessionController;
 class WeightsPane;
 
 class MainWindow : public QMainWindow {
@@ -33,6 +34,7 @@ public:
     ModelTree* modelTree() const { return m_modelTree; }
     WeightsPane* weightsPane() const { return m_weightsPane; }
     MetadataPane* metadataPane() const { return m_metadataPane; }
+    SessionController* sessionFile() const { return m_sessionFile; }
 
     // After a model loads, select its first attention or linear weight (on by default).
     void setAutoSelectTensor(bool on) { m_autoSelect = on; }
@@ -42,6 +44,8 @@ public slots:
     void openPath(const QString& path);
     void showOpenDialog();
     void showOpenFolderDialog();
+    // File ▸ Export…: the open model with the session's layout (else *=q4_k), non-modal.
+    void showExportDialog();
 
 protected:
     void closeEvent(QCloseEvent* event) override;
@@ -50,6 +54,7 @@ protected:
 
 private:
     void createActions();
+    void addSessionActions(QMenu* file);
     void createDocks();
     void createStatusBar();
     void readSettings();
@@ -88,6 +93,7 @@ private:
 
     QMenu* m_recentMenu = nullptr;
     QAction* m_closeAction = nullptr;
+    SessionController* m_sessionFile = nullptr;
     QProgressBar* m_progress = nullptr;
     QToolButton* m_cancelButton = nullptr;
     QTimer* m_showProgress = nullptr;
