@@ -403,7 +403,14 @@ void ExportDialog::refreshCompatibility()
             for (const auto& n : m_compat->notes) notes << QString::fromStdString(n);
             for (const auto& w : m_compat->warnings)
                 notes << tr("Warning: %1").arg(QString::fromStdString(w));
-            if (!plan->fallbacks.empty()) {
+            // The layout's own fallbacks, unless the check already names them (GGUF does).
+            const bool named =
+                !plan->fallbacks.empty() &&
+                std::any_of(notes.begin(), notes.end(), [&](const QString& n) {
+                    return n.startsWith(QString::fromStdString(plan->fallbacks.front().tensor) +
+                                        QLatin1Char(':'));
+                });
+            if (!plan->fallbacks.empty() && !named) {
                 const ql::LayoutFallback& f = plan->fallbacks.front();
                 notes << tr("Layout: %n tensor(s) fall back before export, e.g. %1: %2 → %3 (%4)",
                             nullptr, int(plan->fallbacks.size()))
