@@ -223,7 +223,9 @@ ExportDialog::ExportDialog(std::shared_ptr<const ql::Model> model,
     form->addRow(tr("&Target:"), m_target);
     form->addRow(tr("GPTQ &fallback:"), m_fallback);
     form->addRow(tr("&Layout:"), m_layout);
-    form->addRow(tr("&Output:"), pathRow);
+    auto* outputLabel = new QLabel(tr("&Output:"), this);
+    outputLabel->setBuddy(m_path);
+    form->addRow(outputLabel, pathRow);
 
     m_summary = new QLabel(this);
     m_summary->setObjectName(QStringLiteral("exportSummary"));
@@ -239,6 +241,7 @@ ExportDialog::ExportDialog(std::shared_ptr<const ql::Model> model,
     m_table->horizontalHeader()->setStretchLastSection(true);
     m_table->horizontalHeader()->setSectionResizeMode(QHeaderView::Interactive);
     m_table->setWordWrap(false);
+    m_table->verticalHeader()->setDefaultSectionSize(fontMetrics().height() + 8);
     m_notes = new QLabel(this);
     m_notes->setObjectName(QStringLiteral("exportNotes"));
     m_notes->setWordWrap(true);
@@ -507,6 +510,7 @@ void ExportDialog::setExporting(bool exporting)
 {
     m_exporting = exporting;
     m_progress->setFormat(QStringLiteral("%p%"));
+    m_progress->setVisible(exporting);
     updateEnabled();
 }
 

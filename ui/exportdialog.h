@@ -37,7 +37,7 @@ class QTimer;
 class ExportIssueModel : public QAbstractTableModel {
     Q_OBJECT
 public:
-    enum Column { Tensor, Wanted, Problem, Fallback, ColumnCount };
+    enum Column { Tensor, Wanted, Fallback, Problem, ColumnCount };
     using QAbstractTableModel::QAbstractTableModel;
 
     void setIssues(std::vector<ql::ExportIssue> issues);
