@@ -26,7 +26,8 @@ as_root() {
 install_packages() {
   local pkgs=(build-essential cmake ninja-build ccache pkg-config git python3 python3-pip
               qt6-base-dev libqcustomplot-dev libeigen3-dev libhdf5-dev nlohmann-json3-dev
-              libpcre2-dev libqt6svg6 xvfb xauth clang-format dpkg-dev)
+              libpcre2-dev libqt6svg6 xvfb xauth clang-format dpkg-dev appstream
+              desktop-file-utils libxml2-utils)
   local missing=()
   for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   if [ ${#missing[@]} -gt 0 ]; then

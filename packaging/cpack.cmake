@@ -5,6 +5,8 @@ install(FILES ${PROJECT_SOURCE_DIR}/resources/desktop/io.github.quantlens.QuantL
         DESTINATION share/metainfo)
 install(FILES ${PROJECT_SOURCE_DIR}/resources/desktop/io.github.quantlens.QuantLens.svg
         DESTINATION share/icons/hicolor/scalable/apps)
+install(FILES ${PROJECT_SOURCE_DIR}/resources/desktop/io.github.quantlens.QuantLens.mime.xml
+        DESTINATION share/mime/packages)
 
 set(CPACK_GENERATOR DEB)
 set(CPACK_PACKAGE_NAME quantlens)
@@ -21,5 +23,5 @@ set(CPACK_DEBIAN_PACKAGE_HOMEPAGE "https://quantlens.invalid")
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
 set(CPACK_DEBIAN_PACKAGE_DEPENDS
     "libqt6widgets6, libqt6printsupport6, libqt6svg6, libqcustomplot2.1-qt6, libhdf5-103-1, \
-libpcre2-8-0, libgomp1, hicolor-icon-theme")
+libpcre2-8-0, libgomp1, hicolor-icon-theme, shared-mime-info")
 include(CPack)

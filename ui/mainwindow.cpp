@@ -26,6 +26,7 @@
 #include "appsession.h"
 #include "calibrationpane.h"
 #include "calibrationstate.h"
+#include "exportdialog.h"
 #include "generatepane.h"
 #include "gptqpane.h"
 #include "gridpane.h"
@@ -34,6 +35,7 @@
 #include "icons.h"
 #include "metadatapane.h"
 #include "modeltree.h"
+#include "sessioncontroller.h"
 #include "weightspane.h"
 
 namespace {
@@ -171,6 +173,7 @@ void MainWindow::createActions()
     m_closeAction = file->addAction(tr("&Close Model"), m_session, &AppSession::closeModel);
     m_closeAction->setShortcut(QKeySequence::Close);
     m_closeAction->setEnabled(false);
+    addSessionActions(file);
     file->addSeparator();
     QAction* quit = file->addAction(tr("&Quit"), this, &QWidget::close);
     quit->setShortcut(QKeySequence::Quit);
@@ -208,6 +211,40 @@ void MainWindow::createActions()
     toolbar->addAction(openFolder);
 
     updateRecentMenu();
+}
+
+// Sessions and exports (issue 8): SessionController and ExportDialog do the work.
+void MainWindow::addSessionActions(QMenu* file)
+{
+    m_sessionFile = new SessionController(this, m_session, m_calibration);
+    file->addSeparator();
+    QAction* openSession =
+        file->addAction(tr("Open &Session…"), m_sessionFile, &SessionController::showOpenDialog);
+    openSession->setObjectName(QStringLiteral("openSessionAction"));
+    openSession->setToolTip(tr("Open a session: its model, calibration, layout and view"));
+    QAction* saveSession =
+        file->addAction(tr("&Save Session…"), m_sessionFile, &SessionController::showSaveDialog);
+    saveSession->setObjectName(QStringLiteral("saveSessionAction"));
+    saveSession->setShortcut(QKeySequence::Save);
+    QAction* exportModel = file->addAction(tr("&Export…"), this, &MainWindow::showExportDialog);
+    exportModel->setObjectName(QStringLiteral("exportAction"));
+    exportModel->setShortcut(QKeySequence(tr("Ctrl+E")));
+    exportModel->setToolTip(tr("Write the quantized model as GGUF or Hugging Face safetensors"));
+    for (QAction* a : {saveSession, exportModel}) {
+        a->setEnabled(false);
+        connect(m_session, &AppSession::modelLoaded, a, [a] { a->setEnabled(true); });
+        connect(m_session, &AppSession::modelClosed, a, [a] { a->setEnabled(false); });
+    }
+}
+
+void MainWindow::showExportDialog()
+{
+    if (!m_session->hasModel()) return;
+    auto* dialog =
+        new ExportDialog(m_session->model(), m_calibration->result(), m_session->jobs(), this);
+    dialog->setAttribute(Qt::WA_DeleteOnClose);
+    dialog->setLayoutText(m_sessionFile->layoutText());
+    dialog->show();
 }
 
 void MainWindow::createStatusBar()

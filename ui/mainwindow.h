@@ -22,6 +22,7 @@ class QMenu;
 class QProgressBar;
 class QTimer;
 class QToolButton;
+class SessionController;
 class WeightsPane;
 
 class MainWindow : public QMainWindow {
@@ -36,6 +37,7 @@ public:
     MetadataPane* metadataPane() const { return m_metadataPane; }
     GptqPane* gptqPane() const { return m_gptqPane; }
     QDockWidget* gptqDock() const { return m_gptqDock; }
+    SessionController* sessionFile() const { return m_sessionFile; }
 
     // After a model loads, select its first attention or linear weight (on by default).
     void setAutoSelectTensor(bool on) { m_autoSelect = on; }
@@ -45,6 +47,8 @@ public slots:
     void openPath(const QString& path);
     void showOpenDialog();
     void showOpenFolderDialog();
+    // File ▸ Export…: the open model with the session's layout (else *=q4_k), non-modal.
+    void showExportDialog();
 
 protected:
     void closeEvent(QCloseEvent* event) override;
@@ -53,6 +57,7 @@ protected:
 
 private:
     void createActions();
+    void addSessionActions(QMenu* file);
     void createDocks();
     void createStatusBar();
     void readSettings();
@@ -93,6 +98,7 @@ private:
 
     QMenu* m_recentMenu = nullptr;
     QAction* m_closeAction = nullptr;
+    SessionController* m_sessionFile = nullptr;
     QProgressBar* m_progress = nullptr;
     QToolButton* m_cancelButton = nullptr;
     QTimer* m_showProgress = nullptr;
