@@ -33,11 +33,12 @@
 #include "icons.h"
 #include "metadatapane.h"
 #include "modeltree.h"
+#include "smoothquantpane.h"
 #include "weightspane.h"
 
 namespace {
 
-constexpr int kStateVersion = 4;  // 4: scrolling bottom docks
+constexpr int kStateVersion = 5;  // 4: scrolling bottom docks, 5: SmoothQuant dock
 constexpr int kMaxRecentFiles = 10;
 const char* kRecentKey = "recentFiles";
 
@@ -138,6 +139,13 @@ void MainWindow::createDocks()
     tabifyDockWidget(m_activationsDock, m_gridDock);
 
     m_generatePane = new GeneratePane(m_session, this);
+    m_smoothQuantPane = new SmoothQuantPane(m_session, m_session->jobs(), m_calibration, this);
+    m_smoothQuantDock = new QDockWidget(tr("SmoothQuant"), this);
+    m_smoothQuantDock->setObjectName(QStringLiteral("smoothQuantDock"));
+    m_smoothQuantDock->setWidget(scrollable(m_smoothQuantPane));
+    addDockWidget(Qt::BottomDockWidgetArea, m_smoothQuantDock);
+    tabifyDockWidget(m_gridDock, m_smoothQuantDock);
+
     m_generateDock = new QDockWidget(tr("Try the Model"), this);
     m_generateDock->setObjectName(QStringLiteral("generateDock"));
     m_generateDock->setWidget(m_generatePane);
@@ -173,6 +181,7 @@ void MainWindow::createActions()
     view->addAction(m_calibrationDock->toggleViewAction());
     view->addAction(m_activationsDock->toggleViewAction());
     view->addAction(m_gridDock->toggleViewAction());
+    view->addAction(m_smoothQuantDock->toggleViewAction());
     view->addAction(m_generateDock->toggleViewAction());
     view->addSeparator();
     view->addAction(tr("&Reset Layout"), this, &MainWindow::resetLayout);

@@ -16,6 +16,7 @@ class GeneratePane;
 class ModelTree;
 class QAction;
 class QDockWidget;
+class SmoothQuantPane;
 class QLabel;
 class QMenu;
 class QProgressBar;
@@ -83,6 +84,8 @@ private:
     QDockWidget* m_calibrationDock = nullptr;
     QDockWidget* m_activationsDock = nullptr;
     QDockWidget* m_gridDock = nullptr;
+    SmoothQuantPane* m_smoothQuantPane = nullptr;
+    QDockWidget* m_smoothQuantDock = nullptr;
     GeneratePane* m_generatePane = nullptr;
     QDockWidget* m_generateDock = nullptr;
 
