@@ -299,6 +299,12 @@ void SmoothQuantPane::setEvaluationText(const QString& path, int windows, int ct
     m_ctxSpin->setValue(ctx);
 }
 
+void SmoothQuantPane::setActivationQuant(ql::ActivationQuant mode)
+{
+    const int i = m_actMode->findData(int(mode));
+    if (i >= 0) m_actMode->setCurrentIndex(i);
+}
+
 void SmoothQuantPane::onModelChanged()
 {
     m_sites.clear();

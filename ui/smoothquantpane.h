@@ -54,6 +54,7 @@ public:
     double alpha() const;
     void setAlpha(double alpha);  // 0..1, in steps of 0.01
     void setEvaluationText(const QString& path, int windows, int ctx);
+    void setActivationQuant(ql::ActivationQuant mode);  // per token or static
     void evaluate();
 
     // What is drawn, for tests and screenshots: before / after graphs of both plots.

@@ -3,6 +3,7 @@
 // abs-max, the weights' column abs-max, divided / multiplied by ql::siteScales at the slider's
 // alpha), the tree selection picks the site, and the W8A8 evaluation job gives the figures core
 // gives for the same windows. With QL_PANE_SCREENSHOTS=<dir> the pane is saved as smoothquant.png.
+#include <QDir>
 #include <QLabel>
 #include <QSignalSpy>
 #include <QStandardPaths>
@@ -156,7 +157,7 @@ void TestSmoothQuantPane::treeSelectionPicksSite()
 void TestSmoothQuantPane::evaluationMatchesCore()
 {
     QL_REQUIRE_DATA(kEval);
-    const QString text = QString::fromStdString(ql::test::dataPath(kEval));
+    const QString text = QDir::cleanPath(QString::fromStdString(ql::test::dataPath(kEval)));
     m_pane->setAlpha(0.5);
     m_pane->setEvaluationText(text, 8, 256);
     QSignalSpy done(m_pane.get(), &SmoothQuantPane::evaluationFinished);
@@ -201,6 +202,13 @@ void TestSmoothQuantPane::screenshot()
     m_pane->setAlpha(0.5);
     QTRY_VERIFY_WITH_TIMEOUT(m_pane->siteReady() && m_pane->currentSite() == "blk.3.ffn_down",
                              kSlow);
+    // Static per-tensor activations, where smoothing shows most on this model.
+    m_pane->setActivationQuant(ql::ActivationQuant::PerTensorStatic);
+    m_pane->setEvaluationText(QDir::cleanPath(QString::fromStdString(ql::test::dataPath(kEval))),
+                              16, 512);
+    QSignalSpy done(m_pane.get(), &SmoothQuantPane::evaluationFinished);
+    m_pane->evaluate();
+    QTRY_COMPARE_WITH_TIMEOUT(done.count(), 1, kSlow);
     m_pane->show();
     QTest::qWait(200);
     QVERIFY(m_pane->grab().save(dir + QStringLiteral("/smoothquant.png")));
