@@ -36,11 +36,12 @@
 #include "metadatapane.h"
 #include "modeltree.h"
 #include "sessioncontroller.h"
+#include "smoothquantpane.h"
 #include "weightspane.h"
 
 namespace {
 
-constexpr int kStateVersion = 5;  // 5: the GPTQ Run dock
+constexpr int kStateVersion = 6;  // 5: the GPTQ Run dock, 6: the SmoothQuant dock
 constexpr int kMaxRecentFiles = 10;
 const char* kRecentKey = "recentFiles";
 
@@ -141,6 +142,13 @@ void MainWindow::createDocks()
     tabifyDockWidget(m_activationsDock, m_gridDock);
 
     m_generatePane = new GeneratePane(m_session, this);
+    m_smoothQuantPane = new SmoothQuantPane(m_session, m_session->jobs(), m_calibration, this);
+    m_smoothQuantDock = new QDockWidget(tr("SmoothQuant"), this);
+    m_smoothQuantDock->setObjectName(QStringLiteral("smoothQuantDock"));
+    m_smoothQuantDock->setWidget(scrollable(m_smoothQuantPane));
+    addDockWidget(Qt::BottomDockWidgetArea, m_smoothQuantDock);
+    tabifyDockWidget(m_gridDock, m_smoothQuantDock);
+
     m_generateDock = new QDockWidget(tr("Try the Model"), this);
     m_generateDock->setObjectName(QStringLiteral("generateDock"));
     m_generateDock->setWidget(m_generatePane);
@@ -184,6 +192,7 @@ void MainWindow::createActions()
     view->addAction(m_calibrationDock->toggleViewAction());
     view->addAction(m_activationsDock->toggleViewAction());
     view->addAction(m_gridDock->toggleViewAction());
+    view->addAction(m_smoothQuantDock->toggleViewAction());
     view->addAction(m_generateDock->toggleViewAction());
     view->addAction(m_gptqDock->toggleViewAction());
     view->addSeparator();

@@ -17,6 +17,7 @@ class GptqPane;
 class ModelTree;
 class QAction;
 class QDockWidget;
+class SmoothQuantPane;
 class QLabel;
 class QMenu;
 class QProgressBar;
@@ -91,6 +92,8 @@ private:
     QDockWidget* m_calibrationDock = nullptr;
     QDockWidget* m_activationsDock = nullptr;
     QDockWidget* m_gridDock = nullptr;
+    SmoothQuantPane* m_smoothQuantPane = nullptr;
+    QDockWidget* m_smoothQuantDock = nullptr;
     GeneratePane* m_generatePane = nullptr;
     QDockWidget* m_generateDock = nullptr;
     GptqPane* m_gptqPane = nullptr;

@@ -1,5 +1,7 @@
 #include "cli_common.h"
 
+#include "calib/calibrate.h"
+
 #include <signal.h>
 #include <unistd.h>
 
@@ -229,8 +231,40 @@ double secondsSince(std::chrono::steady_clock::time_point start)
 
 // --- GptqLog -------------------------------------------------------------------------------
 
+ql::Result<ql::CalibrationResult> calibrateOnTheFly(const ql::Model& model,
+                                                    const std::vector<std::string>& texts,
+                                                    ql::WindowOptions windowOptions,
+                                                    const ql::ProgressFn& progress)
+{
+    auto tokenizer = ql::Tokenizer::create(model);
+    if (!tokenizer) return tokenizer.error();
+    std::vector<std::string> contents;
+    for (const auto& f : texts) {
+        auto t = ql::readTextFile(f);
+        if (!t) return t.error();
+        contents.push_back(std::move(t).value());
+    }
+    windowOptions.addBos = (*tokenizer)->addBosByDefault();
+    auto windows = ql::makeCalibrationWindows(**tokenizer, contents, windowOptions);
+    if (!windows) return windows.error();
+    auto llama = ql::LlamaModel::create(model);
+    if (!llama) return llama.error();
+    ql::CalibrationConfig config;
+    config.textFiles = texts;
+    config.samples = windowOptions.samples;
+    config.seqLen = windowOptions.seqLen;
+    config.seed = windowOptions.seed;
+    config.hessian = ql::HessianPrecision::Float64;
+    return ql::calibrateWindows(*llama, **tokenizer, *windows, config, progress);
+}
+
 void GptqLog::tensorDone(const ql::TensorReport& t)
 {
+    if (t.awq) {
+        if (m_clear) m_clear();
+        std::fprintf(stderr, "awq: %s\n", ql::awqSummary(t).c_str());
+        return;
+    }
     if (!t.gptq) return;
     if (m_clear) m_clear();
     for (const auto& raise : t.gptq->dampRaises)

@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "calib/dataset.h"
 #include "quant/quantize_model.h"
 #include "util/progress.h"
 
@@ -108,6 +109,9 @@ int runCalibrate(Args args);  // app/cli/cmd_calibrate.cpp
 int runEval(Args args);       // app/cli/cmd_eval.cpp
 int runExport(Args args);     // app/cli/cmd_export.cpp
 int runSession(Args args);    // app/cli/cmd_session.cpp
+int runCalibrate(Args args);    // app/cli/cmd_calibrate.cpp
+int runEval(Args args);         // app/cli/cmd_eval.cpp
+int runSmoothQuant(Args args);  // app/cli/cmd_smoothquant.cpp
 int runArgvCommand(int (*run)(int, char**), Args argsWithCommandWord);
 
 extern const std::string_view kInspectHelp;
@@ -117,9 +121,18 @@ extern const std::string_view kCalibrateHelp;
 extern const std::string_view kEvalHelp;
 extern const std::string_view kExportHelp;
 extern const std::string_view kSessionHelp;
+extern const std::string_view kSmoothQuantHelp;
 
-// Prints each GPTQ tensor's loss against rtn's, and every raise of its dampening, to stderr
-// (quantize and eval); `clearProgress` wipes a progress line first.
+// Calibration of the unquantized model on text files, for methods that take their statistics from
+// one calibration (awq): windows as makeCalibrationWindows makes them, float64 Hessians.
+ql::Result<ql::CalibrationResult> calibrateOnTheFly(const ql::Model& model,
+                                                    const std::vector<std::string>& texts,
+                                                    ql::WindowOptions windowOptions,
+                                                    const ql::ProgressFn& progress);
+
+// Prints each GPTQ tensor's loss against rtn's, and every raise of its dampening, and each AWQ
+// tensor's alpha and output error against rtn's, to stderr (quantize and eval); `clearProgress`
+// wipes a progress line first.
 class GptqLog final : public ql::TensorObserver {
 public:
     explicit GptqLog(std::function<void()> clearProgress) : m_clear(std::move(clearProgress)) {}

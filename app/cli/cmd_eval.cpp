@@ -36,7 +36,8 @@ options:
                       the Hessians for gptq rules, e.g. "*=int4:g128:gptq")
   --calib-text FILE   calibrate on the fly instead (repeatable): true-sequential GPTQ, block by
                       block on the model as it is quantized; each gptq tensor's loss against
-                      rtn's goes to stderr
+                      rtn's goes to stderr. A layout with awq rules is calibrated once on the
+                      unquantized model instead (AWQ's alpha and error per tensor on stderr)
   --samples N         calibration windows for --calib-text (default 128)
   --seqlen L          tokens per calibration window (default 512)
   --seed S            seed of the calibration window offsets (default 0)
@@ -189,10 +190,24 @@ int runEval(Args args)
             session && session->calibration ? &*session->calibration : nullptr;
         if (auto gptq = checkGptqInput(*model, *layout, calib, !calibTexts.empty()); !gptq.empty())
             return fail(gptq);
+        // AWQ searches its scales on one calibration of the unquantized model, not
+        // true-sequentially: --calib-text then calibrates once, as a session would.
+        std::optional<ql::CalibrationResult> onTheFly;
+        if (!calibTexts.empty()) {
+            auto plan = layout->resolve(*model);
+            if (!plan) return fail(plan.error().message);
+            if (ql::usesAwq(*plan)) {
+                auto c =
+                    calibrateOnTheFly(*model, calibTexts, calibWindows, progress.part(0.0, 0.05));
+                if (!c) return fail(c.error().message);
+                onTheFly = std::move(c).value();
+                calib = &*onTheFly;
+            }
+        }
         ql::QuantizeOptions quantizeOptions;
         GptqLog gptqLog([&progress] { progress.finish(); });
         quantizeOptions.observer = &gptqLog;
-        if (!calibTexts.empty()) {
+        if (!calibTexts.empty() && !onTheFly) {
             auto sequential = quantizeSequential(*model, **tokenizer, *layout, calibTexts,
                                                  calibWindows, quantizeOptions, progress);
             if (!sequential) return fail(sequential.error().message);

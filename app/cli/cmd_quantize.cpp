@@ -59,7 +59,8 @@ void printUsage(std::FILE* to)
         "            Hessian-weighted output error per tensor, and the Hessians for gptq\n"
         "  --text    calibration text (repeatable): calibrate on the fly, block by block on the\n"
         "            model as it is quantized (true-sequential GPTQ); --samples windows (default\n"
-        "            128) of --seqlen tokens (default 512) at offsets seeded by --seed (0)\n"
+        "            128) of --seqlen tokens (default 512) at offsets seeded by --seed (0);\n"
+        "            a layout with awq rules is calibrated once on the unquantized model\n"
         "  --dequant-dtype  how formats llama.cpp cannot store (nf4, fp4, fp8, int-n) are\n"
         "            written: their decoded values as f16 (default) or f32\n"
         "  --json    the report as JSON on stdout\n"
@@ -250,10 +251,19 @@ int runQuantize(int argc, char** argv)
     if (!plan) return badInput(plan.error().message);
     if (auto ok = ql::checkMethodsAvailable(*layout, *plan); !ok)
         return badInput(ok.error().message);
+    // AWQ searches its scales on one calibration of the unquantized model: --text then
+    // calibrates once, as a session would, instead of quantizing true-sequentially.
+    std::optional<ql::CalibrationResult> onTheFly;
+    if (!textFiles.empty() && ql::usesAwq(*plan)) {
+        auto c = qlcli::calibrateOnTheFly(*model, textFiles, windowOptions, {});
+        if (!c) return badInput(c.error().message);
+        onTheFly = std::move(c).value();
+        textFiles.clear();
+    }
+    const ql::CalibrationResult* calibration =
+        onTheFly ? &*onTheFly : (session ? &*session->calibration : nullptr);
     if (textFiles.empty()) {
-        if (auto ok =
-                ql::checkGptqCalibration(*model, *plan, session ? &*session->calibration : nullptr);
-            !ok)
+        if (auto ok = ql::checkGptqCalibration(*model, *plan, calibration); !ok)
             return badInput(ok.error().message +
                             (session ? "" : " (give --session SESSION.h5 or --text FILE)"));
     }
@@ -284,6 +294,14 @@ int runQuantize(int argc, char** argv)
     options.quantize.threads = threads;
     options.producer = std::string("quantlens-cli ") + QL_VERSION;
     if (session) options.calibrationPath = fs::path(sessionPath).filename().string();
+    if (onTheFly) {
+        options.calibrationPath = "on";
+        for (const auto& f : onTheFly->config.textFiles)
+            options.calibrationPath += " " + fs::path(f).filename().string();
+        options.calibrationPath += " (" + std::to_string(onTheFly->config.samples) + " x " +
+                                   std::to_string(windowOptions.seqLen) + " tokens, seed " +
+                                   std::to_string(windowOptions.seed) + ")";
+    }
     if (!textFiles.empty()) {
         options.calibrationPath = "true-sequential on";
         for (const auto& f : textFiles)
@@ -313,8 +331,7 @@ int runQuantize(int argc, char** argv)
             [&](double f, std::string_view what) { return progress(0.9 + 0.1 * f, what); });
         if (report) report->seconds += seq->model.seconds;
     } else {
-        report = ql::exportGguf(*model, *layout, outPath,
-                                session ? &*session->calibration : nullptr, options, onProgress);
+        report = ql::exportGguf(*model, *layout, outPath, calibration, options, onProgress);
     }
     progress.finish();
     if (!report) {
@@ -322,7 +339,7 @@ int runQuantize(int argc, char** argv)
         return report.error().code == ql::ErrorCode::InvalidArgument ? 2 : 1;
     }
     const ql::GgufWriteReport& r = *report;
-    const bool hessian = session.has_value() || !textFiles.empty();
+    const bool hessian = session.has_value() || !textFiles.empty() || onTheFly.has_value();
     std::uint64_t sourceBytes = 0;
     for (const auto& t : model->tensors) sourceBytes += t.bytes;
     const double weights = double(std::max<std::int64_t>(1, r.weights));

@@ -22,7 +22,7 @@ void printOverview(std::FILE* out)
                  "       quantlens-cli help COMMAND | --help | --version\n\n"
                  "QuantLens " QL_VERSION " command-line tools.\n\nCommands:\n");
     for (const Command& c : commands())
-        std::fprintf(out, "  %-10.*s %.*s\n", int(c.name.size()), c.name.data(),
+        std::fprintf(out, "  %-11.*s %.*s\n", int(c.name.size()), c.name.data(),
                      int(c.summary.size()), c.summary.data());
     std::fprintf(out,
                  "\nModels: a .gguf file, a Hugging Face folder (config.json + safetensors) or a\n"
@@ -56,6 +56,9 @@ std::span<const Command> commands()
          kExportHelp, runExport},
         {"session", "what a session file holds, how long it takes to open, model match",
          kSessionHelp, runSession},
+        {"smoothquant",
+         "SmoothQuant scales, activation ranges before/after, W8A8 perplexity and KL",
+         kSmoothQuantHelp, runSmoothQuant},
         {"bench", "benchmarks: open (headers, time, RSS), stats, quant", kBenchHelp, runBench},
         {"devices", "the compute devices this build can use (CPU, CUDA GPUs)", {}, runDevices},
     };

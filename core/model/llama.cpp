@@ -372,12 +372,14 @@ Status blockForward(const LlamaConfig& c, const LlamaBlockWeights& w, int block,
                     MatrixXfRowMajor& x, std::int64_t firstPosition, const RopeTable& rope,
                     Eigen::Ref<MatrixXfRowMajor> kDst, Eigen::Ref<MatrixXfRowMajor> vDst,
                     const Eigen::Ref<const MatrixXfRowMajor>& kAll,
-                    const Eigen::Ref<const MatrixXfRowMajor>& vAll, ForwardProbe* probe)
+                    const Eigen::Ref<const MatrixXfRowMajor>& vAll, ForwardProbe* probe,
+                    const LinearInputHook* hook)
 {
     const Eigen::Index T = x.rows();
     const std::int64_t qDim = c.heads * c.headDim;
     MatrixXfRowMajor h(T, c.dim);
     cpu::rmsNorm(x, w.attnNorm, c.rmsNormEps, h);
+    if (hook) hook->apply(block, LinearGroup::AttnQkv, h);
     if (probe) probe->onLinearInput(block, LinearGroup::AttnQkv, h);
 
     MatrixXfRowMajor q(T, qDim);
@@ -391,16 +393,19 @@ Status blockForward(const LlamaConfig& c, const LlamaBlockWeights& w, int block,
     QL_TRY_STATUS(cpu::attention(q, kAll.topRows(firstPosition + T),
                                  vAll.topRows(firstPosition + T), c.heads, c.kvHeads, c.headDim,
                                  firstPosition, a));
+    if (hook) hook->apply(block, LinearGroup::AttnOutput, a);
     if (probe) probe->onLinearInput(block, LinearGroup::AttnOutput, a);
     cpu::linear(a, w.wo, nullptr, h);
     x += h;
 
     cpu::rmsNorm(x, w.ffnNorm, c.rmsNormEps, h);
+    if (hook) hook->apply(block, LinearGroup::FfnGateUp, h);
     if (probe) probe->onLinearInput(block, LinearGroup::FfnGateUp, h);
     MatrixXfRowMajor g(T, c.ffnDim), u(T, c.ffnDim);
     cpu::linear(h, w.gate, nullptr, g);
     cpu::linear(h, w.up, nullptr, u);
     cpu::swiglu(g, u, g);
+    if (hook) hook->apply(block, LinearGroup::FfnDown, g);
     if (probe) probe->onLinearInput(block, LinearGroup::FfnDown, g);
     cpu::linear(g, w.down, nullptr, h);
     x += h;
@@ -447,7 +452,8 @@ Status LlamaModel::runBlock(int block, MatrixXfRowMajor& hidden, ForwardProbe* p
     try {
         const RopeTable rope = makeRopeTable(c.rope, 0, hidden.rows());
         MatrixXfRowMajor k(hidden.rows(), c.kvHeads * c.headDim), v(k.rows(), k.cols());
-        return blockForward(c, m_w.block(block), block, hidden, 0, rope, k, v, k, v, probe);
+        return blockForward(c, m_w.block(block), block, hidden, 0, rope, k, v, k, v, probe,
+                            m_inputHook.get());
     } catch (const std::bad_alloc&) {
         return outOfMemory("in block " + std::to_string(block));
     }
@@ -501,11 +507,12 @@ Status LlamaModel::runBlocks(MatrixXfRowMajor& hidden, std::int64_t firstPositio
         if (cache) {
             MatrixXfRowMajor& kc = cache->m_k[b];
             MatrixXfRowMajor& vc = cache->m_v[b];
-            QL_TRY_STATUS(blockForward(c, m_w.block(b), b, hidden, firstPosition, rope,
-                                       kc.middleRows(firstPosition, T),
-                                       vc.middleRows(firstPosition, T), kc, vc, probe));
+            QL_TRY_STATUS(blockForward(
+                c, m_w.block(b), b, hidden, firstPosition, rope, kc.middleRows(firstPosition, T),
+                vc.middleRows(firstPosition, T), kc, vc, probe, m_inputHook.get()));
         } else {
-            QL_TRY_STATUS(blockForward(c, m_w.block(b), b, hidden, 0, rope, k, v, k, v, probe));
+            QL_TRY_STATUS(blockForward(c, m_w.block(b), b, hidden, 0, rope, k, v, k, v, probe,
+                                       m_inputHook.get()));
         }
         if (!reportProgress(progress, double(b + 1) / double(c.blocks + 1), "forward"))
             return makeError(ErrorCode::Cancelled, "the forward pass was cancelled");

@@ -23,6 +23,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -127,6 +128,15 @@ public:
     virtual void onBlockOutput(int block, const Eigen::Ref<const MatrixXfRowMajor>& hidden) {}
 };
 
+// Rewrites the input of a group of linear layers in place, before a probe sees it and the layers
+// multiply it (W8A8 simulation rounds it to int8, quant/w8a8.h). Called from const forward passes,
+// possibly on several threads at once, so it must not change shared state.
+class LinearInputHook {
+public:
+    virtual ~LinearInputHook() = default;
+    virtual void apply(int block, LinearGroup group, Eigen::Ref<MatrixXfRowMajor> x) const = 0;
+};
+
 // Keys (after RoPE) and values of every block for the positions decoded so far.
 class KvCache {
 public:
@@ -153,6 +163,13 @@ public:
     const LlamaConfig& config() const { return m_w.config(); }
     const LlamaWeights& weights() const { return m_w; }
     LlamaWeights& weights() { return m_w; }
+
+    // An optional rewrite of every linear layer's input (null: none, the default path).
+    void setLinearInputHook(std::shared_ptr<const LinearInputHook> hook)
+    {
+        m_inputHook = std::move(hook);
+    }
+    const LinearInputHook* linearInputHook() const { return m_inputHook.get(); }
 
     // Full causal forward of one sequence at positions 0..T-1: T × vocab logits.
     Result<Eigen::MatrixXf> logits(std::span<const TokenId> tokens, const ProgressFn& progress = {},
@@ -187,6 +204,7 @@ private:
     Status reserve(KvCache& cache, std::int64_t length) const;
 
     LlamaWeights m_w;
+    std::shared_ptr<const LinearInputHook> m_inputHook;
 };
 
 }  // namespace ql

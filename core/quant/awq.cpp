@@ -187,18 +187,6 @@ Result<QuantizedTensor> quantizeAwqScaled(const float* scaled, std::int64_t rows
     return quantizeRtn(clamped.data(), rows, cols, format, nullptr, {}, threads);
 }
 
-void AwqTensorPlan::apply(std::vector<float>& values, std::int64_t rows, std::int64_t cols) const
-{
-    for (std::int64_t r = 0; r < rows; ++r) {
-        const float rd = rowDiv.empty() ? 1.0f : rowDiv[std::size_t(r)];
-        for (std::int64_t c = 0; c < cols; ++c) {
-            float& v = values[std::size_t(r * cols + c)];
-            if (!colMul.empty()) v *= colMul[std::size_t(c)];
-            if (!rowDiv.empty()) v /= rd;
-        }
-    }
-}
-
 const AwqTensorPlan* AwqTransform::find(const std::string& name) const
 {
     auto it = tensors.find(name);
@@ -230,38 +218,21 @@ Result<AwqTransform> computeAwqTransform(const Model& model, const LayoutPlan& p
                !(p.format.kind == QuantKind::Ggml && p.format.type == info.type);
     };
 
-    struct GroupDef {
-        ProbeSite site;
-        std::vector<TensorRole> members;
-        TensorRole fold;  // norm (colMul = 1/s) or ffn_up (rowDiv = s)
-        bool foldRows;
-    };
-    const GroupDef defs[] = {
-        {ProbeSite::AttnQkv,
-         {TensorRole::AttnQ, TensorRole::AttnK, TensorRole::AttnV},
-         TensorRole::AttnNorm,
-         false},
-        {ProbeSite::FfnGateUp,
-         {TensorRole::FfnGate, TensorRole::FfnUp},
-         TensorRole::FfnNorm,
-         false},
-        {ProbeSite::FfnDown, {TensorRole::FfnDown}, TensorRole::FfnUp, true},
-    };
-
     for (int b = 0; b < blocks; ++b) {
         if (!reportProgress(progress, double(b) / std::max(1, blocks), "awq scale search"))
             return makeError(ErrorCode::Cancelled, "awq cancelled");
-        if (const TensorInfo* o = model.find(TensorRole::AttnOutput, b); awqPlan(o))
-            out.notes[o->name] =
-                "awq does not scale attn_output (with grouped-query attention the scale cannot "
-                "be folded into attn_v exactly): quantized with rtn";
-        for (const GroupDef& def : defs) {
-            std::vector<const TensorInfo*> members;
+        for (const FoldSite& site : foldSites(model, b)) {
+            const std::vector<const TensorInfo*>& members = site.members;
+            if (site.site == ProbeSite::AttnOutput) {
+                // AWQ's scales are per channel; tying them per KV head is SmoothQuant's way.
+                if (awqPlan(members[0]))
+                    out.notes[members[0]->name] =
+                        "awq does not scale attn_output (with grouped-query attention the scale "
+                        "cannot be folded into attn_v exactly): quantized with rtn";
+                continue;
+            }
             bool anyAwq = false, allAwq = true;
-            for (TensorRole role : def.members) {
-                const TensorInfo* info = model.find(role, b);
-                if (!info) continue;
-                members.push_back(info);
+            for (const TensorInfo* info : members) {
                 const TensorPlan* p = awqPlan(info);
                 if (p && quantizable(*p, *info))
                     anyAwq = true;
@@ -269,22 +240,18 @@ Result<AwqTransform> computeAwqTransform(const Model& model, const LayoutPlan& p
                     allAwq = false;
             }
             if (!anyAwq) continue;
-            const std::string probeNameText = probeName(b, def.site);
-            const TensorInfo* fold = model.find(def.fold, b);
-            std::string why;
+            const std::string probeNameText = probeName(b, site.site);
+            std::string why = site.why;
             if (!allAwq)
                 why = "awq scales " + probeNameText +
                       "'s layers together, and not all of them are awq with a quantized format";
-            else if (!fold)
-                why = "the model has no " + std::string(tensorRoleName(def.fold)) + " in block " +
-                      std::to_string(b) + " to fold the scales into";
             if (!why.empty()) {
                 for (const TensorInfo* m : members)
                     if (awqPlan(m)) out.notes[m->name] = why + ": quantized with rtn";
                 continue;
             }
             const ProbeStats* probe = calibration ? calibration->find(probeNameText) : nullptr;
-            const std::int64_t cols = members[0]->shape.back();
+            const std::int64_t cols = site.channels;
             if (!probe || probe->stats.channels() != cols ||
                 probe->stats.hessianPrecision() == HessianPrecision::None)
                 return makeError(ErrorCode::InvalidArgument,
@@ -316,9 +283,11 @@ Result<AwqTransform> computeAwqTransform(const Model& model, const LayoutPlan& p
                 e.message = members[0]->name + ": " + e.message;
                 return e;
             }
+            QL_TRY_STATUS(foldScales(
+                site, search->scales,
+                [&](const std::string& name) -> ScaleFold& { return out.tensors[name]; }));
             for (std::size_t i = 0; i < members.size(); ++i) {
                 AwqTensorPlan& tp = out.tensors[members[i]->name];
-                tp.colMul = search->scales;
                 tp.quantize = true;
                 tp.group = probeNameText;
                 tp.alpha = search->alpha;
@@ -327,14 +296,6 @@ Result<AwqTransform> computeAwqTransform(const Model& model, const LayoutPlan& p
                 tp.options = *options;
                 if (const TensorPlan* p = plan.find(members[i]->name))
                     if (auto o = parseAwqOptions(p->methodOptions)) tp.options = *o;
-            }
-            AwqTensorPlan& fp = out.tensors[fold->name];
-            if (def.foldRows) {
-                fp.rowDiv = search->scales;
-            } else {
-                fp.colMul.resize(search->scales.size());
-                for (std::size_t c = 0; c < search->scales.size(); ++c)
-                    fp.colMul[c] = 1.0f / search->scales[c];
             }
         }
     }

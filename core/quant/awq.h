@@ -30,6 +30,7 @@
 #include "layout/layout.h"
 #include "model/model.h"
 #include "quant/format.h"
+#include "quant/scale_fold.h"
 #include "util/progress.h"
 #include "util/result.h"
 
@@ -74,20 +75,15 @@ Result<QuantizedTensor> quantizeAwqScaled(const float* scaled, std::int64_t rows
                                           const AwqOptions& options, int threads = 0,
                                           std::vector<float>* clipRatios = nullptr);
 
-// What AWQ does to one tensor: values[r][c] *= colMul[c] / rowDiv[r] (either may be empty).
-// Linear weights: colMul = s; a folded norm: colMul = 1/s (rows = 1); ffn_up below a scaled
-// ffn_down: rowDiv = that s.
-struct AwqTensorPlan {
-    std::vector<float> colMul;
-    std::vector<float> rowDiv;
+// What AWQ does to one tensor (quant/scale_fold.h): colMul = s for a scaled linear layer, 1/s for
+// a folded norm (rows = 1); rowDiv = ffn_down's s for ffn_up.
+struct AwqTensorPlan : ScaleFold {
     bool quantize = false;  // a scaled linear layer (AWQ quantizes it), not only a fold target
     std::string group;      // "blk.3.attn_qkv"
     double alpha = 0;
     double rtnError = 0;  // tr(dW H dW^T) of rtn, from the search
     double awqError = 0;  // the same for AWQ at alpha (before clipping)
     AwqOptions options;
-
-    void apply(std::vector<float>& values, std::int64_t rows, std::int64_t cols) const;
 };
 
 struct AwqTransform {

@@ -259,7 +259,11 @@ Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& 
     auto decoded = dequantizeTensor(model, *info);
     if (!decoded) return decoded.error();
     const AwqTensorPlan* awq = options.awq ? options.awq->find(plan.name) : nullptr;
-    if (awq) awq->apply(*decoded, plan.rows, plan.cols);
+    const ScaleFold* fold = awq;
+    if (!fold && options.folds)
+        if (auto it = options.folds->find(plan.name); it != options.folds->end())
+            fold = &it->second;
+    if (fold) fold->apply(*decoded, plan.rows, plan.cols);
     const std::vector<float>& ref = *decoded;
     if (plan.method == QuantMethod::Awq && options.awq && (!awq || !awq->quantize)) {
         auto it = options.awq->notes.find(plan.name);
@@ -283,15 +287,16 @@ Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& 
             rep.note = "no calibration probe " + rep.probe;
         }
     }
-    // The Hessian of the tensor's input as AWQ's scales leave it: diag(1/s) H diag(1/s).
+    // The Hessian of the tensor's input as AWQ's (or SmoothQuant's) scales leave it: diag(1/s) H
+    // diag(1/s).
     std::vector<double> scaledHessian;
     auto hessianOf = [&]() -> std::vector<double> {
         std::vector<double> h = probe->stats.hessian();
-        if (awq && !awq->colMul.empty() && plan.rows > 0)
+        if (fold && !fold->colMul.empty() && plan.rows > 0)
             for (std::int64_t i = 0; i < plan.cols; ++i)
                 for (std::int64_t j = 0; j < plan.cols; ++j)
                     h[std::size_t(i * plan.cols + j)] /=
-                        double(awq->colMul[std::size_t(i)]) * double(awq->colMul[std::size_t(j)]);
+                        double(fold->colMul[std::size_t(i)]) * double(fold->colMul[std::size_t(j)]);
         return h;
     };
     if (probe && probe->stats.hessianPrecision() != HessianPrecision::None &&
@@ -301,7 +306,7 @@ Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& 
     QuantizedTensor& q = out.quantized;
     const bool sameStorage =
         (plan.format.kind == QuantKind::Float || plan.format.kind == QuantKind::Ggml) &&
-        plan.format.type == info->type && !awq;
+        plan.format.type == info->type && !fold;
     if (sameStorage) {
         const auto bytes = model.data(*info);
         q.format = plan.format;

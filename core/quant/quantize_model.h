@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -68,6 +69,9 @@ struct QuantizeOptions {
     // when the layout has awq rules. A tensor it names is transformed before quantization (and
     // re-encoded even when its storage type is kept: a folded norm is written as its new F32).
     const AwqTransform* awq = nullptr;
+    // Other scales folded into tensors before quantization (SmoothQuant's, quant/smoothquant.h);
+    // a tensor named here is re-encoded even when its storage type is kept. AWQ's entry wins.
+    const std::map<std::string, ScaleFold>* folds = nullptr;
 };
 
 // What AWQ reported for one tensor it scaled.

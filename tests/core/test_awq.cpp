@@ -4,8 +4,13 @@
 //  (b) folding is exact: stories260K with the folded norms / ffn_up and the scaled, unquantized
 //      weights gives the original logits to 1e-4;
 //  (c) stories260K calibrated on tiny.txt (32 x 256): AWQ's total output error is below RTN's at
-//      int4:g32 and int3:g32, through quantizeModel; option parsing.
+//      int4:g32 and int3:g32, through quantizeModel; option parsing;
+//  (d) quantlens-cli quantize / eval with an awq layout calibrate on the fly from --text /
+//      --calib-text and log each scaled tensor's alpha and error change against rtn on stderr.
 #include <QtTest>
+
+#include <QProcess>
+#include <QTemporaryDir>
 
 #include <Eigen/Dense>
 #include <cmath>
@@ -183,6 +188,40 @@ private slots:
             const auto* norm = awq->find("blk.0.attn_norm.weight");
             QVERIFY(norm && !norm->report.copied);
         }
+    }
+
+    // (d)
+    void cliOnTheFly()
+    {
+        QL_REQUIRE_DATA(kModel);
+        QL_REQUIRE_DATA(kCalibText);
+        QTemporaryDir dir;
+        QVERIFY(dir.isValid());
+        const QString model = QString::fromStdString(ql::test::dataPath(kModel));
+        const QString text = QString::fromStdString(ql::test::dataPath(kCalibText));
+        auto run = [](const QStringList& args, QByteArray& out, QByteArray& err) {
+            QProcess p;
+            p.start(QStringLiteral(QL_TEST_CLI), args);
+            if (!p.waitForStarted(10000) || !p.waitForFinished(600000)) return -1;
+            out = p.readAllStandardOutput();
+            err = p.readAllStandardError();
+            return p.exitStatus() == QProcess::NormalExit ? p.exitCode() : -1;
+        };
+        QByteArray out, err;
+        const QString gguf = dir.filePath("awq.gguf");
+        QCOMPARE(run({"quantize", model, "--layout", "*=int4:g32:awq", "--text", text, "--samples",
+                      "16", "--seqlen", "128", "--out", gguf},
+                     out, err),
+                 0);
+        QVERIFY2(err.contains("awq: blk.0.attn_q.weight int4:g32: alpha "), err.constData());
+        QVERIFY(err.contains("awq: blk.4.ffn_down.weight"));
+        QVERIFY(QFileInfo::exists(gguf));
+        QCOMPARE(run({"eval", model, "--text", text, "--ctx", "128", "--chunks", "4", "--layout",
+                      "*=int4:g32:awq", "--calib-text", text, "--samples", "16", "--seqlen", "128"},
+                     out, err),
+                 0);
+        QVERIFY(err.contains("awq: blk.2.ffn_gate.weight"));
+        QVERIFY(out.contains("KL mean"));
     }
 };
 
