@@ -106,6 +106,9 @@ int runBenchHessian(Args args);  // `bench hessian`, app/cli/cmd_bench_hessian.c
 int runDevices(Args args);
 int runCalibrate(Args args);  // app/cli/cmd_calibrate.cpp
 int runEval(Args args);       // app/cli/cmd_eval.cpp
+int runSensitivity(Args args);  // app/cli/cmd_layout.cpp
+int runAllocate(Args args);     // app/cli/cmd_layout.cpp
+int runLayout(Args args);       // app/cli/cmd_layout.cpp
 int runArgvCommand(int (*run)(int, char**), Args argsWithCommandWord);
 
 extern const std::string_view kInspectHelp;
@@ -113,6 +116,9 @@ extern const std::string_view kGenerateHelp;
 extern const std::string_view kBenchHelp;
 extern const std::string_view kCalibrateHelp;
 extern const std::string_view kEvalHelp;
+extern const std::string_view kSensitivityHelp;
+extern const std::string_view kAllocateHelp;
+extern const std::string_view kLayoutHelp;
 
 // Prints each GPTQ tensor's loss against rtn's, and every raise of its dampening, to stderr
 // (quantize and eval); `clearProgress` wipes a progress line first.

@@ -27,6 +27,20 @@
 //                                          int32 [K]       largest |x|, by descending |x|
 //                                top_before / top_token / top_after  variable-length strings [K]
 //                                hessian   float32 or float64 [C][C]   Σ xᵀx (absent for "none")
+//   /sensitivity               per-tensor sensitivity (layout/sensitivity.h), T tensors x F formats
+//                              attrs  text (string), ctx, windows (int32), positions (int64),
+//                                     device (string), seconds (double)
+//                              datasets
+//                                formats           strings [F]   candidate formats as asked
+//                                tensors           strings [T]   tensor names, model order
+//                                block             int32   [T]   (-1 outside the blocks)
+//                                role              strings [T]
+//                                shape             int64   [T][2] rows, cols
+//                                activation_energy, kurtosis, outlier_share  float64 [T]
+//                                stored            strings [T*F] format stored after fallback
+//                                bytes             uint64  [T][F] GGUF data bytes
+//                                delta_kl, same_top, hessian_error, act_weighted_mse
+//                                                  float64 [T][F] (NaN: not measured)
 #pragma once
 
 #include <cstdint>
@@ -34,6 +48,7 @@
 #include <string>
 
 #include "calib/calibration.h"
+#include "layout/sensitivity.h"
 #include "model/model.h"
 #include "util/progress.h"
 #include "util/result.h"
@@ -57,6 +72,7 @@ Result<ModelIdentity> identifyModel(const Model& model, const ProgressFn& progre
 struct SessionData {
     ModelIdentity model;
     std::optional<CalibrationResult> calibration;
+    std::optional<SensitivityTable> sensitivity;
 };
 
 Status writeSession(const std::string& path, const SessionData& session,
