@@ -294,8 +294,7 @@ int runEval(Args args)
         std::printf("KL mean     %.6f   median %.6f   p90 %.6f   p99 %.6f   max %.6f\n",
                     r->kl->mean, r->kl->median, r->kl->p90, r->kl->p99, r->kl->max);
         if (predictedKl)
-            std::printf("KL predicted %.6f (sum of the session's per-tensor ΔKL)\n",
-                        *predictedKl);
+            std::printf("KL predicted %.6f (sum of the session's per-tensor ΔKL)\n", *predictedKl);
         std::printf("same top    %.2f%%\n", 100 * r->kl->sameTop);
         std::printf("mean dp     %+.4f%%\n", 100 * r->kl->meanDeltaP);
     } else {

@@ -58,6 +58,8 @@ options:
   --method M         rtn (default) or gptq[:opts], written on every rule (e.g. gptq:damp=0.01)
   --ties T           none (GGUF, default) or gptq-safetensors (q/k/v and gate/up share a format)
   --formats LIST     only these stored formats
+  --reserve N        header bytes kept free for provenance the export adds (default 128: the
+                     calibration note of quantize --text)
   --json             print the result as JSON
 )";
 
@@ -176,7 +178,6 @@ int runSensitivity(Args args)
 
     ql::SensitivityOptions options;
     options.tensors = tensors;
-    options.backend = backend;
     for (const auto& f : formats) {
         auto q = ql::parseQuantFormat(f);
         if (!q) return fail("--formats: " + q.error().message);
@@ -207,7 +208,10 @@ int runSensitivity(Args args)
         ql::makeLlamaCppChunks(**tokenizer, *text, std::int32_t(ctx), std::int32_t(chunks));
     if (windows.empty()) return fail(textPath + ": too short for one window");
     const ql::CalibrationResult* calib = session.calibration ? &*session.calibration : nullptr;
-    auto table = ql::measureSensitivity(*model, windows, calib, options, progress.part(0.02, 0.98));
+    auto device = ql::createBackend(backend);
+    if (!device) return fail(device.error().message);
+    auto table = ql::measureSensitivity(*model, **device, windows, calib, options,
+                                        progress.part(0.02, 0.98));
     if (!table) return fail(table.error().message);
     table->text = textPath;
     session.sensitivity = *table;
@@ -283,6 +287,8 @@ int runAllocate(Args args)
     std::optional<std::uint64_t> targetBytes;
     std::optional<double> targetBpw;
     ql::AllocationOptions options;
+    options.size.producer = std::string("quantlens-cli ") + QL_VERSION;
+    options.reserveBytes = 128;
     bool json = false;
     while (p.next()) {
         if (!p.isOption()) {
@@ -296,6 +302,8 @@ int runAllocate(Args args)
             if (auto v = p.value()) outPath = *v;
         } else if (p.is("--target-bytes")) {
             if (auto v = p.number(1, 1e18)) targetBytes = std::uint64_t(*v);
+        } else if (p.is("--reserve")) {
+            if (auto v = p.integer(0, 1 << 30)) options.reserveBytes = std::uint64_t(*v);
         } else if (p.is("--target-size-of")) {
             if (auto v = p.value()) likeFile = *v;
         } else if (p.is("--target-bpw")) {
@@ -484,7 +492,9 @@ int runLayout(Args args)
     if (!layout) return fail(layout.error().message);
     auto plan = layout->resolve(*model);
     if (!plan) return fail(plan.error().message);
-    auto size = ql::estimateSize(*model, *plan, layout->toString());
+    ql::SizeOptions sizeOptions;
+    sizeOptions.producer = std::string("quantlens-cli ") + QL_VERSION;  // as quantize writes
+    auto size = ql::estimateSize(*model, *plan, layout->toString(), sizeOptions);
     if (!size) return fail(size.error().message);
     ql::MemoryOptions mo;
     mo.context = ctx;

@@ -146,7 +146,8 @@ Result<AllocationResult> allocateLayout(const Model& model, const SensitivityTab
     if (fileTarget) {
         auto h = estimateSize(model, *basePlan, pessimistic, options.size);
         if (!h) return h.error();
-        fixed += h->headerBytes + align;  // one alignment of slack for the header's rounding
+        // One alignment of slack for the header's rounding, and the caller's reserve.
+        fixed += h->headerBytes + align + options.reserveBytes;
     }
     const std::uint64_t target =
         fileTarget ? *options.targetBytes

@@ -36,6 +36,9 @@ struct AllocationOptions {
     std::vector<std::pair<std::string, std::string>> methodOptions;
     std::vector<std::string> formats;  // restrict to these stored formats (empty: all)
     SizeOptions size;
+    // Header bytes kept free for provenance the export adds that `size` does not name (e.g. the
+    // calibration note of `quantize --text`, about 60 bytes).
+    std::uint64_t reserveBytes = 0;
 };
 
 struct AllocationResult {

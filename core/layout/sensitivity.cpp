@@ -79,7 +79,7 @@ Status runWindows(ModelRunner& runner, const std::vector<TokenWindow>& windows, 
 
 }  // namespace
 
-Result<SensitivityTable> measureSensitivity(const Model& model,
+Result<SensitivityTable> measureSensitivity(const Model& model, Backend& backend,
                                             const std::vector<TokenWindow>& windows,
                                             const CalibrationResult* calibration,
                                             const SensitivityOptions& options,
@@ -97,11 +97,9 @@ Result<SensitivityTable> measureSensitivity(const Model& model,
 
     auto llama = LlamaModel::create(model);
     if (!llama) return llama.error();
-    auto backend = createBackend(options.backend);
-    if (!backend) return backend.error();
     std::unique_ptr<ModelRunner> runner;
-    if ((*backend)->device().isGpu) {
-        auto r = createLlamaRunner(**backend, *llama, Precision::Float32);
+    if (backend.device().isGpu) {
+        auto r = createLlamaRunner(backend, *llama, Precision::Float32);
         if (!r) return r.error();
         runner = std::move(r).value();
     } else {

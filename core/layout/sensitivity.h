@@ -76,18 +76,18 @@ struct SensitivityTable {
 };
 
 struct SensitivityOptions {
-    std::vector<QuantFormat> formats;         // empty: defaultSensitivityFormats()
-    std::string tensors = "*";                // glob over tensor names
-    BackendKind backend = BackendKind::Auto;  // GPU when present
-    bool embeddings = true;                   // include token_embd / output
+    std::vector<QuantFormat> formats;  // empty: defaultSensitivityFormats()
+    std::string tensors = "*";         // glob over tensor names
+    bool embeddings = true;            // include token_embd / output
 };
 
 // q2_k q3_k q4_k q5_k q6_k q8_0 q4_0 q5_0 int4 int8 (int formats as int4:g32 / int8 per channel).
 std::vector<QuantFormat> defaultSensitivityFormats();
 
-// Measures ΔKL on `windows` (e.g. makeLlamaCppChunks of a short text). `calibration` (may be null)
-// only feeds the proxies' Hessian error. Cancellable.
-Result<SensitivityTable> measureSensitivity(const Model& model,
+// Measures ΔKL on `windows` (e.g. makeLlamaCppChunks of a short text) on `backend`'s device (from
+// createBackend(BackendKind::Auto): the GPU when present). `calibration` (may be null) only feeds
+// the proxies. Cancellable.
+Result<SensitivityTable> measureSensitivity(const Model& model, Backend& backend,
                                             const std::vector<TokenWindow>& windows,
                                             const CalibrationResult* calibration,
                                             const SensitivityOptions& options = {},
