@@ -31,6 +31,7 @@
 #include "jobrunner.h"
 #include "format.h"
 #include "icons.h"
+#include "layoutpane.h"
 #include "metadatapane.h"
 #include "modeltree.h"
 #include "weightspane.h"
@@ -143,6 +144,13 @@ void MainWindow::createDocks()
     m_generateDock->setWidget(m_generatePane);
     addDockWidget(Qt::BottomDockWidgetArea, m_generateDock);
     tabifyDockWidget(m_gridDock, m_generateDock);
+
+    m_layoutPane = new LayoutPane(m_session, m_session->jobs(), this);
+    m_layoutDock = new QDockWidget(tr("Layout"), this);
+    m_layoutDock->setObjectName(QStringLiteral("layoutDock"));
+    m_layoutDock->setWidget(m_layoutPane);
+    addDockWidget(Qt::BottomDockWidgetArea, m_layoutDock);
+    tabifyDockWidget(m_generateDock, m_layoutDock);
     m_treeDock->raise();
     m_gridDock->raise();
 }
@@ -174,6 +182,7 @@ void MainWindow::createActions()
     view->addAction(m_activationsDock->toggleViewAction());
     view->addAction(m_gridDock->toggleViewAction());
     view->addAction(m_generateDock->toggleViewAction());
+    view->addAction(m_layoutDock->toggleViewAction());
     view->addSeparator();
     view->addAction(tr("&Reset Layout"), this, &MainWindow::resetLayout);
 

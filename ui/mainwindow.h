@@ -13,6 +13,7 @@ class CalibrationPane;
 class CalibrationState;
 class GridPane;
 class GeneratePane;
+class LayoutPane;
 class ModelTree;
 class QAction;
 class QDockWidget;
@@ -33,6 +34,7 @@ public:
     ModelTree* modelTree() const { return m_modelTree; }
     WeightsPane* weightsPane() const { return m_weightsPane; }
     MetadataPane* metadataPane() const { return m_metadataPane; }
+    LayoutPane* layoutPane() const { return m_layoutPane; }
 
     // After a model loads, select its first attention or linear weight (on by default).
     void setAutoSelectTensor(bool on) { m_autoSelect = on; }
@@ -85,6 +87,8 @@ private:
     QDockWidget* m_gridDock = nullptr;
     GeneratePane* m_generatePane = nullptr;
     QDockWidget* m_generateDock = nullptr;
+    LayoutPane* m_layoutPane = nullptr;
+    QDockWidget* m_layoutDock = nullptr;
 
     QMenu* m_recentMenu = nullptr;
     QAction* m_closeAction = nullptr;

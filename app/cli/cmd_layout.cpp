@@ -136,6 +136,10 @@ int runSensitivity(Args args)
     ql::BackendKind backend = ql::BackendKind::Auto;
     bool json = false;
     while (p.next()) {
+        if (p.is("--help") || p.is("-h")) {
+            std::fwrite(kSensitivityHelp.data(), 1, kSensitivityHelp.size(), stdout);
+            return kExitOk;
+        }
         if (!p.isOption()) {
             if (modelPath.empty())
                 modelPath = p.current();
@@ -291,6 +295,10 @@ int runAllocate(Args args)
     options.reserveBytes = 128;
     bool json = false;
     while (p.next()) {
+        if (p.is("--help") || p.is("-h")) {
+            std::fwrite(kAllocateHelp.data(), 1, kAllocateHelp.size(), stdout);
+            return kExitOk;
+        }
         if (!p.isOption()) {
             if (modelPath.empty())
                 modelPath = p.current();
@@ -440,6 +448,10 @@ int runLayout(Args args)
     bool json = false, printRules = false;
     ql::TieTarget ties = ql::TieTarget::None;
     while (p.next()) {
+        if (p.is("--help") || p.is("-h")) {
+            std::fwrite(kLayoutHelp.data(), 1, kLayoutHelp.size(), stdout);
+            return kExitOk;
+        }
         if (!p.isOption()) {
             if (modelPath.empty())
                 modelPath = p.current();
