@@ -213,7 +213,8 @@ Status writeSensitivity(hid_t root, const SensitivityTable& t)
     std::vector<double> energy, kurt, outl, dkl, same, herr, awm;
     std::vector<std::uint64_t> bytes;
     for (const auto& x : t.tensors) {
-        if (x.cells.size() != nf) return h5Error("sensitivity: " + x.name + " has wrong cell count");
+        if (x.cells.size() != nf)
+            return h5Error("sensitivity: " + x.name + " has wrong cell count");
         names.push_back(x.name);
         roles.push_back(x.role);
         blocks.push_back(x.block);
@@ -300,8 +301,8 @@ Result<SensitivityTable> readSensitivity(hid_t root)
         x.outlierShare = (*outl)[i];
         for (hsize_t f = 0; f < nf; ++f) {
             const hsize_t k = i * nf + f;
-            x.cells.push_back({(*stored)[k], (*bytes)[k], (*dkl)[k], (*same)[k], (*herr)[k],
-                               (*awm)[k]});
+            x.cells.push_back(
+                {(*stored)[k], (*bytes)[k], (*dkl)[k], (*same)[k], (*herr)[k], (*awm)[k]});
         }
         t.tensors.push_back(std::move(x));
     }
