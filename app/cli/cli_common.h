@@ -104,8 +104,8 @@ int runGenerate(Args args);
 int runBench(Args args);
 int runBenchHessian(Args args);  // `bench hessian`, app/cli/cmd_bench_hessian.cpp
 int runDevices(Args args);
-int runCalibrate(Args args);  // app/cli/cmd_calibrate.cpp
-int runEval(Args args);       // app/cli/cmd_eval.cpp
+int runCalibrate(Args args);    // app/cli/cmd_calibrate.cpp
+int runEval(Args args);         // app/cli/cmd_eval.cpp
 int runSensitivity(Args args);  // app/cli/cmd_layout.cpp
 int runAllocate(Args args);     // app/cli/cmd_layout.cpp
 int runLayout(Args args);       // app/cli/cmd_layout.cpp
