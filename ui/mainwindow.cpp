@@ -33,6 +33,7 @@
 #include "jobrunner.h"
 #include "format.h"
 #include "icons.h"
+#include "layoutpane.h"
 #include "metadatapane.h"
 #include "modeltree.h"
 #include "sessioncontroller.h"
@@ -41,7 +42,7 @@
 
 namespace {
 
-constexpr int kStateVersion = 6;  // 5: the GPTQ Run dock, 6: the SmoothQuant dock
+constexpr int kStateVersion = 7;  // 5: GPTQ Run, 6: SmoothQuant, 7: Layout docks
 constexpr int kMaxRecentFiles = 10;
 const char* kRecentKey = "recentFiles";
 
@@ -161,6 +162,12 @@ void MainWindow::createDocks()
     m_gptqDock->setWidget(scrollable(m_gptqPane));
     addDockWidget(Qt::BottomDockWidgetArea, m_gptqDock);
     tabifyDockWidget(m_generateDock, m_gptqDock);
+    m_layoutPane = new LayoutPane(m_session, m_session->jobs(), this);
+    m_layoutDock = new QDockWidget(tr("Layout"), this);
+    m_layoutDock->setObjectName(QStringLiteral("layoutDock"));
+    m_layoutDock->setWidget(m_layoutPane);
+    addDockWidget(Qt::BottomDockWidgetArea, m_layoutDock);
+    tabifyDockWidget(m_generateDock, m_layoutDock);
     m_treeDock->raise();
     m_gridDock->raise();
 }
@@ -195,6 +202,7 @@ void MainWindow::createActions()
     view->addAction(m_smoothQuantDock->toggleViewAction());
     view->addAction(m_generateDock->toggleViewAction());
     view->addAction(m_gptqDock->toggleViewAction());
+    view->addAction(m_layoutDock->toggleViewAction());
     view->addSeparator();
     view->addAction(tr("&Reset Layout"), this, &MainWindow::resetLayout);
 

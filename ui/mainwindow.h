@@ -14,6 +14,7 @@ class CalibrationState;
 class GridPane;
 class GeneratePane;
 class GptqPane;
+class LayoutPane;
 class ModelTree;
 class QAction;
 class QDockWidget;
@@ -39,6 +40,7 @@ public:
     GptqPane* gptqPane() const { return m_gptqPane; }
     QDockWidget* gptqDock() const { return m_gptqDock; }
     SessionController* sessionFile() const { return m_sessionFile; }
+    LayoutPane* layoutPane() const { return m_layoutPane; }
 
     // After a model loads, select its first attention or linear weight (on by default).
     void setAutoSelectTensor(bool on) { m_autoSelect = on; }
@@ -98,6 +100,8 @@ private:
     QDockWidget* m_generateDock = nullptr;
     GptqPane* m_gptqPane = nullptr;
     QDockWidget* m_gptqDock = nullptr;
+    LayoutPane* m_layoutPane = nullptr;
+    QDockWidget* m_layoutDock = nullptr;
 
     QMenu* m_recentMenu = nullptr;
     QAction* m_closeAction = nullptr;

@@ -105,13 +105,14 @@ int runGenerate(Args args);
 int runBench(Args args);
 int runBenchHessian(Args args);  // `bench hessian`, app/cli/cmd_bench_hessian.cpp
 int runDevices(Args args);
-int runCalibrate(Args args);  // app/cli/cmd_calibrate.cpp
-int runEval(Args args);       // app/cli/cmd_eval.cpp
-int runExport(Args args);     // app/cli/cmd_export.cpp
-int runSession(Args args);    // app/cli/cmd_session.cpp
 int runCalibrate(Args args);    // app/cli/cmd_calibrate.cpp
 int runEval(Args args);         // app/cli/cmd_eval.cpp
+int runExport(Args args);       // app/cli/cmd_export.cpp
+int runSession(Args args);      // app/cli/cmd_session.cpp
 int runSmoothQuant(Args args);  // app/cli/cmd_smoothquant.cpp
+int runSensitivity(Args args);  // app/cli/cmd_layout.cpp
+int runAllocate(Args args);     // app/cli/cmd_layout.cpp
+int runLayout(Args args);       // app/cli/cmd_layout.cpp
 int runArgvCommand(int (*run)(int, char**), Args argsWithCommandWord);
 
 extern const std::string_view kInspectHelp;
@@ -122,6 +123,9 @@ extern const std::string_view kEvalHelp;
 extern const std::string_view kExportHelp;
 extern const std::string_view kSessionHelp;
 extern const std::string_view kSmoothQuantHelp;
+extern const std::string_view kSensitivityHelp;
+extern const std::string_view kAllocateHelp;
+extern const std::string_view kLayoutHelp;
 
 // Calibration of the unquantized model on text files, for methods that take their statistics from
 // one calibration (awq): windows as makeCalibrationWindows makes them, float64 Hessians.

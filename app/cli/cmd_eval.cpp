@@ -10,6 +10,7 @@
 #include "cli_common.h"
 #include "cli_device.h"
 #include "io/model_loader.h"
+#include "layout/allocate.h"
 #include "layout/layout.h"
 #include "model/llama_runner.h"
 #include "quant/gptq_sequential.h"
@@ -177,6 +178,7 @@ int runEval(Args args)
 
     std::optional<ql::LlamaModel> quantized;
     std::string layoutText;
+    std::optional<double> predictedKl;  // from the session's sensitivity table
     if (!layoutArg.empty()) {
         auto layout = ql::Layout::fromArgument(layoutArg);
         if (!layout) return fail(layout.error().message);
@@ -185,6 +187,9 @@ int runEval(Args args)
             auto s = ql::readSession(sessionPath);
             if (!s) return fail(s.error().message);
             session = std::move(s).value();
+            if (session->sensitivity)
+                if (auto plan = layout->resolve(*model))
+                    predictedKl = ql::predictedKl(*session->sensitivity, *plan);
         }
         const ql::CalibrationResult* calib =
             session && session->calibration ? &*session->calibration : nullptr;
@@ -290,6 +295,7 @@ int runEval(Args args)
             j["kld_max"] = r->kl->max;
             j["same_top"] = r->kl->sameTop;
             j["mean_delta_p"] = r->kl->meanDeltaP;
+            if (predictedKl) j["kld_predicted"] = *predictedKl;
         }
         std::cout << j.dump(2) << "\n";
         return kExitOk;
@@ -305,6 +311,8 @@ int runEval(Args args)
                     *r->referencePpl);
         std::printf("KL mean     %.6f   median %.6f   p90 %.6f   p99 %.6f   max %.6f\n",
                     r->kl->mean, r->kl->median, r->kl->p90, r->kl->p99, r->kl->max);
+        if (predictedKl)
+            std::printf("KL predicted %.6f (sum of the session's per-tensor ΔKL)\n", *predictedKl);
         std::printf("same top    %.2f%%\n", 100 * r->kl->sameTop);
         std::printf("mean dp     %+.4f%%\n", 100 * r->kl->meanDeltaP);
     } else {

@@ -59,6 +59,12 @@ std::span<const Command> commands()
         {"smoothquant",
          "SmoothQuant scales, activation ranges before/after, W8A8 perplexity and KL",
          kSmoothQuantHelp, runSmoothQuant},
+        {"sensitivity", "per-tensor ΔKL of each format, with proxies, into a session",
+         kSensitivityHelp, runSensitivity},
+        {"allocate", "per-tensor formats for a size target from measured sensitivity",
+         kAllocateHelp, runAllocate},
+        {"layout", "size accounting of a layout or preset: per tensor, per block, file, memory",
+         kLayoutHelp, runLayout},
         {"bench", "benchmarks: open (headers, time, RSS), stats, quant", kBenchHelp, runBench},
         {"devices", "the compute devices this build can use (CPU, CUDA GPUs)", {}, runDevices},
     };

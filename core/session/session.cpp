@@ -197,6 +197,119 @@ Handle createGroup(hid_t parent, const char* name)
     return Handle(H5Gcreate2(parent, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
 }
 
+Status writeSensitivity(hid_t root, const SensitivityTable& t)
+{
+    Handle g = createGroup(root, "sensitivity");
+    if (!g.valid()) return h5Error("cannot create /sensitivity");
+    QL_TRY_STATUS(writeAttr(g.get(), "text", t.text));
+    QL_TRY_STATUS(writeAttr(g.get(), "ctx", std::int32_t(t.ctx)));
+    QL_TRY_STATUS(writeAttr(g.get(), "windows", std::int32_t(t.windows)));
+    QL_TRY_STATUS(writeAttr(g.get(), "positions", std::int64_t(t.positions)));
+    QL_TRY_STATUS(writeAttr(g.get(), "device", t.device));
+    QL_TRY_STATUS(writeAttr(g.get(), "seconds", t.seconds));
+    const hsize_t nt = t.tensors.size(), nf = t.formats.size();
+    std::vector<std::string> names, roles, stored;
+    std::vector<std::int32_t> blocks;
+    std::vector<std::int64_t> shape;
+    std::vector<double> energy, kurt, outl, dkl, same, herr, awm;
+    std::vector<std::uint64_t> bytes;
+    for (const auto& x : t.tensors) {
+        if (x.cells.size() != nf)
+            return h5Error("sensitivity: " + x.name + " has wrong cell count");
+        names.push_back(x.name);
+        roles.push_back(x.role);
+        blocks.push_back(x.block);
+        shape.push_back(x.rows);
+        shape.push_back(x.cols);
+        energy.push_back(x.activationEnergy);
+        kurt.push_back(x.kurtosis);
+        outl.push_back(x.outlierShare);
+        for (const auto& c : x.cells) {
+            stored.push_back(c.stored);
+            bytes.push_back(c.bytes);
+            dkl.push_back(c.deltaKl);
+            same.push_back(c.sameTop);
+            herr.push_back(c.hessianError);
+            awm.push_back(c.actWeightedMse);
+        }
+    }
+    QL_TRY_STATUS(writeStrings(g.get(), "formats", t.formats));
+    QL_TRY_STATUS(writeStrings(g.get(), "tensors", names));
+    QL_TRY_STATUS(writeStrings(g.get(), "role", roles));
+    QL_TRY_STATUS(writeDataset(g.get(), "block", H5T_NATIVE_INT32, blocks));
+    QL_TRY_STATUS(writeDataset(g.get(), "shape", H5T_NATIVE_INT64, shape, {nt, 2}));
+    QL_TRY_STATUS(writeDataset(g.get(), "activation_energy", H5T_NATIVE_DOUBLE, energy));
+    QL_TRY_STATUS(writeDataset(g.get(), "kurtosis", H5T_NATIVE_DOUBLE, kurt));
+    QL_TRY_STATUS(writeDataset(g.get(), "outlier_share", H5T_NATIVE_DOUBLE, outl));
+    QL_TRY_STATUS(writeStrings(g.get(), "stored", stored));
+    QL_TRY_STATUS(writeDataset(g.get(), "bytes", H5T_NATIVE_UINT64, bytes, {nt, nf}));
+    QL_TRY_STATUS(writeDataset(g.get(), "delta_kl", H5T_NATIVE_DOUBLE, dkl, {nt, nf}));
+    QL_TRY_STATUS(writeDataset(g.get(), "same_top", H5T_NATIVE_DOUBLE, same, {nt, nf}));
+    QL_TRY_STATUS(writeDataset(g.get(), "hessian_error", H5T_NATIVE_DOUBLE, herr, {nt, nf}));
+    QL_TRY_STATUS(writeDataset(g.get(), "act_weighted_mse", H5T_NATIVE_DOUBLE, awm, {nt, nf}));
+    return {};
+}
+
+Result<SensitivityTable> readSensitivity(hid_t root)
+{
+    Handle g(H5Gopen2(root, "sensitivity", H5P_DEFAULT), H5Gclose);
+    if (!g.valid()) return h5Error("cannot open /sensitivity");
+    SensitivityTable t;
+    auto text = readStringAttr(g.get(), "text");
+    auto ctx = readNumberAttr<std::int32_t>(g.get(), "ctx", H5T_NATIVE_INT32);
+    auto windows = readNumberAttr<std::int32_t>(g.get(), "windows", H5T_NATIVE_INT32);
+    auto positions = readNumberAttr<std::int64_t>(g.get(), "positions", H5T_NATIVE_INT64);
+    auto device = readStringAttr(g.get(), "device");
+    auto seconds = readNumberAttr<double>(g.get(), "seconds", H5T_NATIVE_DOUBLE);
+    if (!text || !ctx || !windows || !positions || !device || !seconds)
+        return h5Error("incomplete /sensitivity group");
+    t.text = *text;
+    t.ctx = *ctx;
+    t.windows = *windows;
+    t.positions = *positions;
+    t.device = *device;
+    t.seconds = *seconds;
+    auto formats = readStrings(g.get(), "formats", 0);
+    auto names = readStrings(g.get(), "tensors", 0);
+    if (!formats) return formats.error();
+    if (!names) return names.error();
+    t.formats = *formats;
+    const hsize_t nt = names->size(), nf = formats->size();
+    auto roles = readStrings(g.get(), "role", nt);
+    auto blocks = readDataset<std::int32_t>(g.get(), "block", H5T_NATIVE_INT32, nt);
+    auto shape = readDataset<std::int64_t>(g.get(), "shape", H5T_NATIVE_INT64, nt * 2);
+    auto energy = readDataset<double>(g.get(), "activation_energy", H5T_NATIVE_DOUBLE, nt);
+    auto kurt = readDataset<double>(g.get(), "kurtosis", H5T_NATIVE_DOUBLE, nt);
+    auto outl = readDataset<double>(g.get(), "outlier_share", H5T_NATIVE_DOUBLE, nt);
+    auto stored = readStrings(g.get(), "stored", nt * nf);
+    auto bytes = readDataset<std::uint64_t>(g.get(), "bytes", H5T_NATIVE_UINT64, nt * nf);
+    auto dkl = readDataset<double>(g.get(), "delta_kl", H5T_NATIVE_DOUBLE, nt * nf);
+    auto same = readDataset<double>(g.get(), "same_top", H5T_NATIVE_DOUBLE, nt * nf);
+    auto herr = readDataset<double>(g.get(), "hessian_error", H5T_NATIVE_DOUBLE, nt * nf);
+    auto awm = readDataset<double>(g.get(), "act_weighted_mse", H5T_NATIVE_DOUBLE, nt * nf);
+    if (!roles || !blocks || !shape || !energy || !kurt || !outl || !stored || !bytes || !dkl ||
+        !same || !herr || !awm)
+        return h5Error("incomplete /sensitivity datasets");
+    for (hsize_t i = 0; i < nt; ++i) {
+        SensitivityTensor x;
+        x.name = (*names)[i];
+        x.role = (*roles)[i];
+        x.block = (*blocks)[i];
+        x.rows = (*shape)[2 * i];
+        x.cols = (*shape)[2 * i + 1];
+        x.activationEnergy = (*energy)[i];
+        x.kurtosis = (*kurt)[i];
+        x.outlierShare = (*outl)[i];
+        for (hsize_t f = 0; f < nf; ++f) {
+            const hsize_t k = i * nf + f;
+            x.cells.push_back(
+                {(*stored)[k], (*bytes)[k], (*dkl)[k], (*same)[k], (*herr)[k], (*awm)[k]});
+        }
+        t.tensors.push_back(std::move(x));
+    }
+    return t;
+}
+
 const char* hessianName(HessianPrecision p)
 {
     return p == HessianPrecision::Float32 ? "f32" : p == HessianPrecision::Float64 ? "f64" : "none";
@@ -724,6 +837,7 @@ Status writeSession(const std::string& path, const SessionData& session, const P
             QL_TRY_STATUS(writeQuantizationGroup(root, session));
             QL_TRY_STATUS(writeEvaluationsGroup(root, session));
             QL_TRY_STATUS(writeViewGroup(root, session));
+            if (session.sensitivity) QL_TRY_STATUS(writeSensitivity(root, *session.sensitivity));
             return {};
         }();
         if (!st) return fail(st.error());
@@ -835,6 +949,11 @@ Result<SessionData> readSession(const std::string& path, const ProgressFn& progr
     QL_TRY_STATUS(readQuantizationGroup(root, out));
     QL_TRY_STATUS(readEvaluationsGroup(root, out));
     QL_TRY_STATUS(readViewGroup(root, out));
+    if (H5Lexists(root, "sensitivity", H5P_DEFAULT) > 0) {
+        auto t = readSensitivity(root);
+        if (!t) return t.error();
+        out.sensitivity = std::move(t).value();
+    }
     return out;
 }
 

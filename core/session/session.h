@@ -52,6 +52,20 @@
 //   /view                      datasets keys, values   strings [M]: the GUI's view state
 //                              (selected tensor, window geometry and dock state as base64...)
 //                              as opaque key/value pairs
+//   /sensitivity               per-tensor sensitivity (layout/sensitivity.h), T tensors x F formats
+//                              attrs  text (string), ctx, windows (int32), positions (int64),
+//                                     device (string), seconds (double)
+//                              datasets
+//                                formats           strings [F]   candidate formats as asked
+//                                tensors           strings [T]   tensor names, model order
+//                                block             int32   [T]   (-1 outside the blocks)
+//                                role              strings [T]
+//                                shape             int64   [T][2] rows, cols
+//                                activation_energy, kurtosis, outlier_share  float64 [T]
+//                                stored            strings [T*F] format stored after fallback
+//                                bytes             uint64  [T][F] GGUF data bytes
+//                                delta_kl, same_top, hessian_error, act_weighted_mse
+//                                                  float64 [T][F] (NaN: not measured)
 #pragma once
 
 #include <cstdint>
@@ -63,6 +77,7 @@
 #include <vector>
 
 #include "calib/calibration.h"
+#include "layout/sensitivity.h"
 #include "model/model.h"
 #include "quant/quantize_model.h"
 #include "util/progress.h"
@@ -125,6 +140,7 @@ struct SessionData {
     int fileVersion = kSessionVersion;                      // as read (0 for a new session)
 
     const std::string* viewValue(const std::string& key) const;
+    std::optional<SensitivityTable> sensitivity;
 };
 
 // Lines describing a session (quantlens-cli session info).
