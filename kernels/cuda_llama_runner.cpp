@@ -137,8 +137,8 @@ private:
             cudaStream_t stream;
             ~Join() { cudaEventRecord(done, stream); }
         } join{m_statsDone[in.site], m_statsStream};
-        const std::size_t index = m_streamed ? std::size_t(in.site)
-                                             : std::size_t(in.block) * 4 + std::size_t(in.site);
+        const std::size_t index =
+            m_streamed ? std::size_t(in.site) : std::size_t(in.block) * 4 + std::size_t(in.site);
         cuda::DeviceStats& stats = m_stats[index];
         const std::int64_t sequences = in.rows / in.seqLen;
         if (in.type == DType::BF16)
@@ -184,7 +184,7 @@ private:
     cublasHandle_t m_statsBlas = nullptr;
     cudaEvent_t m_statsFork = nullptr;
     cudaEvent_t m_statsDone[4] = {nullptr, nullptr, nullptr, nullptr};  // per site's buffer
-    std::uint64_t m_statsBytes = 0;    // their device memory, counted in m_memory
+    std::uint64_t m_statsBytes = 0;  // their device memory, counted in m_memory
 
     DeviceTensor m_embd, m_output;  // m_output empty when the head is tied to m_embd
     DeviceBuffer<float> m_outputNorm;
@@ -393,9 +393,9 @@ Status CudaLlamaRunner::allocateWeights()
     m_outputNorm = std::move(norm).value();
     m_blocks.resize(m_streamed ? 2 : std::size_t(s.blocks));
     for (std::size_t b = 0; b < m_blocks.size(); ++b)
-        QL_TRY_STATUS(allocateBlock(m_blocks[b], m_streamed ? "streamed block slot " +
-                                                                  std::to_string(b) + ": "
-                                                            : "blk." + std::to_string(b) + "."));
+        QL_TRY_STATUS(allocateBlock(m_blocks[b],
+                                    m_streamed ? "streamed block slot " + std::to_string(b) + ": "
+                                               : "blk." + std::to_string(b) + "."));
     return {};
 }
 
@@ -464,8 +464,8 @@ Result<CudaLlamaRunner::Slot> CudaLlamaRunner::find(const std::string& name)
                 const std::int64_t b = std::stoll(index);
                 // Streaming: the slot says where and how much; block b is not held there.
                 if (b < s.blocks)
-                    if (auto slot = slotIn(m_blocks[m_streamed ? 0 : std::size_t(b)],
-                                           name.substr(dot + 1)))
+                    if (auto slot =
+                            slotIn(m_blocks[m_streamed ? 0 : std::size_t(b)], name.substr(dot + 1)))
                         return *slot;
             }
         }
@@ -476,8 +476,8 @@ Result<CudaLlamaRunner::Slot> CudaLlamaRunner::find(const std::string& name)
             (name == "output.weight" ? " (the head is tied to token_embd.weight)" : ""));
 }
 
-Status CudaLlamaRunner::upload(const Slot& slot, std::span<const float> values,
-                               cudaStream_t stream, DeviceBuffer<float>& staging)
+Status CudaLlamaRunner::upload(const Slot& slot, std::span<const float> values, cudaStream_t stream,
+                               DeviceBuffer<float>& staging)
 {
     if (slot.vector) {
         QL_CUDA_TRY(cudaMemcpyAsync(slot.vector->data() + slot.offset, values.data(),
@@ -537,9 +537,9 @@ Status CudaLlamaRunner::ensureResidual(std::int64_t rows)
     m_x.release();
     m_ids.release();
     m_residualRows = 0;
-    auto x = DeviceBuffer<float>::allocate(std::size_t(rows * m_shape.dim), &m_memory,
-                                           "the residual stream of " + std::to_string(rows) +
-                                               " tokens");
+    auto x =
+        DeviceBuffer<float>::allocate(std::size_t(rows * m_shape.dim), &m_memory,
+                                      "the residual stream of " + std::to_string(rows) + " tokens");
     if (!x) return x.error();
     m_x = std::move(x).value();
     auto ids = DeviceBuffer<std::int32_t>::allocate(std::size_t(rows), &m_memory, "token ids");
@@ -687,8 +687,8 @@ Status CudaLlamaRunner::runBlock(const Block& w, int bi, std::int64_t r0, std::i
         launchAddBias(m_qkv.data(), m_type, rows, m_qkvDim, m_qkvDim, w.bqkv.data(), stream);
         QL_TRY_STATUS(CudaContext::checkLaunch("bias add"));
     }
-    launchRope(m_qkv.data(), m_type, rows, m_qkvDim, int(s.heads), int(s.headDim),
-               m_ropeCos.data(), m_ropeSin.data(), T, s.ropeHalfSplit, stream);
+    launchRope(m_qkv.data(), m_type, rows, m_qkvDim, int(s.heads), int(s.headDim), m_ropeCos.data(),
+               m_ropeSin.data(), T, s.ropeHalfSplit, stream);
     launchRope(m_qkv.at(std::size_t(m_qDim)), m_type, rows, m_qkvDim, int(s.kvHeads),
                int(s.headDim), m_ropeCos.data(), m_ropeSin.data(), T, s.ropeHalfSplit, stream);
     QL_TRY_STATUS(CudaContext::checkLaunch("rope"));
@@ -696,15 +696,15 @@ Status CudaLlamaRunner::runBlock(const Block& w, int bi, std::int64_t r0, std::i
     QL_TRY_STATUS(
         causalAttention(*m_ctx, m_attention, as, m_qkv.data(), m_type, m_attn.data(), kernel));
     QL_TRY_STATUS(observe(1, m_attn.data(), m_qDim));
-    QL_TRY_STATUS(linear(*m_ctx, m_attn.data(), m_type, m_qDim, w.wo.data(), rows, m_qDim, s.dim,
-                         x, DType::F32, s.dim, 1.0f));
+    QL_TRY_STATUS(linear(*m_ctx, m_attn.data(), m_type, m_qDim, w.wo.data(), rows, m_qDim, s.dim, x,
+                         DType::F32, s.dim, 1.0f));
 
     QL_TRY_STATUS(waitStats(0));
     launchRmsNorm(x, rows, s.dim, w.ffnNorm.data(), s.rmsNormEps, m_h.data(), m_type, stream);
     QL_TRY_STATUS(CudaContext::checkLaunch("rmsnorm"));
     QL_TRY_STATUS(observe(2, m_h.data(), s.dim));
-    QL_TRY_STATUS(linear(*m_ctx, m_h.data(), m_type, s.dim, w.wgu.data(), rows, s.dim,
-                         2 * s.ffnDim, m_gu.data(), m_type, 2 * s.ffnDim));
+    QL_TRY_STATUS(linear(*m_ctx, m_h.data(), m_type, s.dim, w.wgu.data(), rows, s.dim, 2 * s.ffnDim,
+                         m_gu.data(), m_type, 2 * s.ffnDim));
     QL_TRY_STATUS(waitStats(3));
     launchSwiglu(m_gu.data(), m_type, rows, s.ffnDim, 2 * s.ffnDim, s.ffnDim, m_g.data(), m_type,
                  stream);
@@ -773,8 +773,7 @@ Status CudaLlamaRunner::forward(std::span<const std::int32_t> tokens, std::int64
                     // The other slot was last read by block b - 1; the host copy overlaps block
                     // b's compute, already queued.
                     const std::size_t next = std::size_t((b + 1) % 2);
-                    if (b >= 1)
-                        QL_CUDA_TRY(cudaStreamWaitEvent(m_copyStream, m_slotFree[next], 0));
+                    if (b >= 1) QL_CUDA_TRY(cudaStreamWaitEvent(m_copyStream, m_slotFree[next], 0));
                     QL_TRY_STATUS(uploadBlock(b + 1, m_blocks[next]));
                     QL_CUDA_TRY(cudaEventRecord(m_slotReady[next], m_copyStream));
                 }
@@ -799,19 +798,40 @@ Status CudaLlamaRunner::collectBlockStats(std::int64_t b)
 {
     QL_TRY_STATUS(m_ctx->synchronize());
     QL_TRY_STATUS(syncStats());
-    if (m_lanes.empty()) {
+    // The four probes on four host threads, each through a lane of its own (the ffn_down Hessian
+    // alone is 800 MB for an 8B model).
+    while (m_lanes.size() < 4) {
         auto lane = DownloadLane::create();
-        if (lane) m_lanes.push_back(std::move(lane).value());
+        if (!lane) break;
+        m_lanes.push_back(std::move(lane).value());
     }
-    DownloadLane* lane = m_lanes.empty() ? nullptr : &m_lanes[0];
+    std::optional<Result<ActivationStats>> got[4];
+    auto work = [&](std::size_t site) {
+        if (!m_ctx->activate()) return;
+        try {
+            got[site].emplace(
+                m_stats[site].download(m_lanes.size() > site ? &m_lanes[site] : nullptr));
+        } catch (const std::bad_alloc&) {
+            got[site].emplace(
+                makeError(ErrorCode::OutOfMemory, "out of host memory for the statistics"));
+        }
+    };
+    try {
+        std::vector<std::thread> pool;
+        for (std::size_t site = 1; site < 4; ++site) pool.emplace_back(work, site);
+        work(0);
+        for (auto& t : pool) t.join();
+    } catch (const std::system_error& e) {
+        return makeError(ErrorCode::Device, std::string("collecting statistics: ") + e.what());
+    }
     for (std::size_t site = 0; site < 4; ++site) {
-        auto host = m_stats[site].download(lane);
-        if (!host) return host.error();
+        if (!got[site]) return makeError(ErrorCode::Device, "a statistics download did not run");
+        if (!*got[site]) return got[site]->error();
         auto& into = m_hostStats[std::size_t(b) * 4 + site];
         if (into)
-            QL_TRY_STATUS(into->merge(*host));
+            QL_TRY_STATUS(into->merge(got[site]->value()));
         else
-            into = std::move(host).value();
+            into = std::move(*got[site]).value();
         QL_TRY_STATUS(m_stats[site].reset());
     }
     return {};
@@ -830,8 +850,8 @@ Status CudaLlamaRunner::enableStats(const RunnerStatsOptions& options)
         std::uint64_t bytes = 0;
         for (std::int64_t b = 0; b < sets; ++b)
             for (std::int64_t width : widths) {
-                auto s = DeviceStats::create(std::int32_t(width), options, m_statsStream,
-                                             m_statsBlas);
+                auto s =
+                    DeviceStats::create(std::int32_t(width), options, m_statsStream, m_statsBlas);
                 if (!s) {
                     if (s.error().code == ErrorCode::OutOfMemory)
                         return makeError(ErrorCode::OutOfMemory,
@@ -903,8 +923,8 @@ Result<std::vector<ActivationStats>> CudaLlamaRunner::takeStats()
             try {
                 results[order[k]].emplace(m_stats[order[k]].download(lane));
             } catch (const std::bad_alloc&) {
-                results[order[k]].emplace(makeError(ErrorCode::OutOfMemory,
-                                                    "out of host memory for the statistics"));
+                results[order[k]].emplace(
+                    makeError(ErrorCode::OutOfMemory, "out of host memory for the statistics"));
             }
         }
     };

@@ -304,57 +304,58 @@ void CalibrationPane::startCalibration(const ql::CalibrationConfig& config, bool
                                             cpuOnly](const ql::ProgressFn& progress) {
         return runCalibration(*model, config, progress, cpuOnly);
     };
-    m_jobs->run(kCalibrateTag, this, std::move(work), [this, config](ql::Result<CalibrationRun> run) {
-        setRunning(false);
-        DeviceActivity done;
-        if (run) {
-            done.device = run->device;
-            done.peakBytes = run->peakBytes;
-        }
-        m_session->setDeviceActivity(done);
-        if (run && !run->gpuFailure.empty()) {
-            // Nothing was lost: the session is as it was. The user decides whether the (much
-            // slower) CPU should do it.
-            const QString why = QString::fromStdString(run->gpuFailure);
-            m_progress->setValue(0);
-            m_progressText->setText(tr("The GPU could not calibrate: %1").arg(why));
-            const auto answer = QMessageBox::question(
-                this, tr("Calibration"),
-                tr("%1 could not run the calibration:\n\n%2\n\nContinue on the CPU? It is "
-                   "slower; the results are the same to float rounding.")
-                    .arg(QString::fromStdString(run->device.name), why),
-                QMessageBox::Yes | QMessageBox::No, QMessageBox::Yes);
-            if (answer == QMessageBox::Yes) {
-                startCalibration(config, true);
+    m_jobs->run(
+        kCalibrateTag, this, std::move(work), [this, config](ql::Result<CalibrationRun> run) {
+            setRunning(false);
+            DeviceActivity done;
+            if (run) {
+                done.device = run->device;
+                done.peakBytes = run->peakBytes;
+            }
+            m_session->setDeviceActivity(done);
+            if (run && !run->gpuFailure.empty()) {
+                // Nothing was lost: the session is as it was. The user decides whether the (much
+                // slower) CPU should do it.
+                const QString why = QString::fromStdString(run->gpuFailure);
+                m_progress->setValue(0);
+                m_progressText->setText(tr("The GPU could not calibrate: %1").arg(why));
+                const auto answer = QMessageBox::question(
+                    this, tr("Calibration"),
+                    tr("%1 could not run the calibration:\n\n%2\n\nContinue on the CPU? It is "
+                       "slower; the results are the same to float rounding.")
+                        .arg(QString::fromStdString(run->device.name), why),
+                    QMessageBox::Yes | QMessageBox::No, QMessageBox::Yes);
+                if (answer == QMessageBox::Yes) {
+                    startCalibration(config, true);
+                    return;
+                }
+                emit calibrationFinished(false, tr("The GPU failed: %1").arg(why));
                 return;
             }
-            emit calibrationFinished(false, tr("The GPU failed: %1").arg(why));
-            return;
-        }
-        if (!run) {
-            const bool cancelled = run.error().code == ql::ErrorCode::Cancelled;
-            const QString message = QString::fromStdString(run.error().message);
-            m_progress->setValue(0);
-            m_progressText->setText(cancelled ? tr("Cancelled; nothing was changed.")
-                                              : tr("Failed: %1").arg(message));
-            emit calibrationFinished(false, message);
-            return;
-        }
-        m_progress->setValue(m_progress->maximum());
-        ql::CalibrationResult& result = run->result;
-        const double seconds = result.seconds;
-        const double rate = seconds > 0 ? double(result.tokens) / seconds : 0;
-        QString text = tr("Done on %1: %2 tokens in %3 (%4 tokens/s)")
-                           .arg(QString::fromStdString(result.device))
-                           .arg(human::count(result.tokens))
-                           .arg(durationText(seconds))
-                           .arg(human::number(rate, 3));
-        m_progressText->setText(text);
-        m_progressText->setToolTip(text);
-        m_state->setResult(std::make_shared<const ql::CalibrationResult>(std::move(result)),
-                           tr("calibration run"));
-        emit calibrationFinished(true, {});
-    });
+            if (!run) {
+                const bool cancelled = run.error().code == ql::ErrorCode::Cancelled;
+                const QString message = QString::fromStdString(run.error().message);
+                m_progress->setValue(0);
+                m_progressText->setText(cancelled ? tr("Cancelled; nothing was changed.")
+                                                  : tr("Failed: %1").arg(message));
+                emit calibrationFinished(false, message);
+                return;
+            }
+            m_progress->setValue(m_progress->maximum());
+            ql::CalibrationResult& result = run->result;
+            const double seconds = result.seconds;
+            const double rate = seconds > 0 ? double(result.tokens) / seconds : 0;
+            QString text = tr("Done on %1: %2 tokens in %3 (%4 tokens/s)")
+                               .arg(QString::fromStdString(result.device))
+                               .arg(human::count(result.tokens))
+                               .arg(durationText(seconds))
+                               .arg(human::number(rate, 3));
+            m_progressText->setText(text);
+            m_progressText->setToolTip(text);
+            m_state->setResult(std::make_shared<const ql::CalibrationResult>(std::move(result)),
+                               tr("calibration run"));
+            emit calibrationFinished(true, {});
+        });
 }
 
 void CalibrationPane::cancel()

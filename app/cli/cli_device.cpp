@@ -56,7 +56,8 @@ std::optional<std::uint64_t> parseByteSize(std::string_view text)
         value = value * 10 + (text[i] - '0');
     if (i < text.size() && text[i] == '.') {
         double scale = 0.1;
-        for (++i; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i, scale /= 10, digits = true)
+        for (++i; i < text.size() && text[i] >= '0' && text[i] <= '9';
+             ++i, scale /= 10, digits = true)
             value += (text[i] - '0') * scale;
     }
     if (!digits) return std::nullopt;

@@ -171,9 +171,10 @@ Result<CalibrationResult> calibrateWindows(ModelRunner& runner, const Tokenizer&
         // A runner that streams its weights uploads the whole model on every forward: give it
         // every window at once (it runs them through each block in chunks of its own).
         const std::size_t limit =
-            options.batch > 0         ? std::size_t(options.batch)
-            : runner.streamsWeights() ? windows.size()
-                                      : std::max<std::size_t>(
+            options.batch > 0 ? std::size_t(options.batch)
+            : runner.streamsWeights()
+                ? windows.size()
+                : std::max<std::size_t>(
                       1, std::size_t(std::max<std::int64_t>(options.batchTokens, 1)) / length);
         std::size_t end = first + 1;
         while (end < windows.size() && end - first < limit && windows[end].tokens.size() == length)

@@ -686,10 +686,11 @@ private slots:
         auto logitsOf = [&](ModelRunner& r) {
             std::vector<float> all(tokens.size() * vocab);
             const std::int64_t T = std::int64_t(chunks[0].tokens.size());
-            auto st = r.forward(tokens, 3, [&](std::int64_t seq, std::int32_t pos,
-                                               std::span<const float> l) {
-                std::copy(l.begin(), l.end(), all.begin() + (seq * T + pos) * std::int64_t(vocab));
-            });
+            auto st = r.forward(tokens, 3,
+                                [&](std::int64_t seq, std::int32_t pos, std::span<const float> l) {
+                                    std::copy(l.begin(), l.end(),
+                                              all.begin() + (seq * T + pos) * std::int64_t(vocab));
+                                });
             return st ? all : std::vector<float>();
         };
         const auto a = logitsOf(**resident);
@@ -699,8 +700,7 @@ private slots:
         for (std::size_t i = 0; i < a.size(); ++i)
             maxDiff = std::max(maxDiff, double(std::abs(a[i] - b[i])));
         qInfo("%s: streamed vs resident max |diff| %.3g; peak %.2f vs %.2f MiB",
-              precisionName(precision), maxDiff,
-              double((*streamed)->peakMemoryBytes()) / (1 << 20),
+              precisionName(precision), maxDiff, double((*streamed)->peakMemoryBytes()) / (1 << 20),
               double((*resident)->peakMemoryBytes()) / (1 << 20));
         QVERIFY2(maxDiff <= 1e-6, qPrintable(QString::number(maxDiff)));
         // A replaced block weight reaches the next streamed forward, as on the resident runner.
