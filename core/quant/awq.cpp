@@ -93,6 +93,15 @@ Result<AwqSearch> searchAwqScales(std::span<const AwqLayer> layers, std::span<co
     const double floorMean = maxMean > 0 ? maxMean * 1e-6 : 1.0;
 
     AwqSearch out;
+    const std::vector<float> zeros(
+        std::size_t(
+            std::max_element(layers.begin(), layers.end(),
+                             [](const AwqLayer& a, const AwqLayer& b) { return a.rows < b.rows; })
+                ->rows *
+            cols),
+        0.0f);
+    for (const AwqLayer& l : layers)
+        out.reference.push_back(rowErrors(l.w, zeros.data(), l.rows, cols, h).sum());
     double best = INFINITY;
     std::vector<float> s(static_cast<std::size_t>(cols)), scaled, back;
     std::vector<double> perLayer(layers.size());
@@ -293,6 +302,7 @@ Result<AwqTransform> computeAwqTransform(const Model& model, const LayoutPlan& p
                 tp.alpha = search->alpha;
                 tp.rtnError = search->rtnError[i];
                 tp.awqError = search->awqError[i];
+                tp.reference = search->reference[i];
                 tp.options = *options;
                 if (const TensorPlan* p = plan.find(members[i]->name))
                     if (auto o = parseAwqOptions(p->methodOptions)) tp.options = *o;

@@ -59,6 +59,7 @@ struct AwqSearch {
     std::vector<float> scales;         // cols values, the chosen s
     std::vector<double> rtnError;      // per layer, tr(dW H dW^T) at alpha = 0
     std::vector<double> awqError;      // per layer, at the chosen alpha
+    std::vector<double> reference;     // per layer, tr(W H W^T) of the unscaled weights
     std::vector<double> errorByAlpha;  // the group's summed error per grid point
 };
 
@@ -83,6 +84,8 @@ struct AwqTensorPlan : ScaleFold {
     double alpha = 0;
     double rtnError = 0;  // tr(dW H dW^T) of rtn, from the search
     double awqError = 0;  // the same for AWQ at alpha (before clipping)
+    // tr(W H W^T) in the search's frame: the tensor before other folds (ffn_up's rows) touch it.
+    double reference = 0;
     AwqOptions options;
 };
 

@@ -129,10 +129,15 @@ std::string awqSummary(const TensorReport& report)
     if (!report.awq) return {};
     const AwqReport& a = *report.awq;
     char buf[256];
-    const double ref = report.outputError ? report.outputError->reference : 0;
+    // The search's errors are relative to its own reference: a tensor a later fold rescales
+    // (ffn_up's rows, by ffn_down's scales) has another tr(W H W^T) by the time it is quantized,
+    // though its relative row errors are the same.
+    const double ref =
+        a.reference > 0 ? a.reference : (report.outputError ? report.outputError->reference : 0);
     const double rtn = ref > 0 ? a.rtnError / ref : a.rtnError;
-    const double awq = report.outputError ? report.outputError->relative
-                                          : (ref > 0 ? a.awqError / ref : a.awqError);
+    const double awq = a.options.clip && report.outputError
+                           ? report.outputError->relative
+                           : (ref > 0 ? a.awqError / ref : a.awqError);
     std::snprintf(buf, sizeof buf, ": alpha %.2f, output error %.3e vs rtn %.3e%s (%+.1f%%)",
                   a.alpha, awq, rtn, ref > 0 ? " (relative)" : "",
                   rtn > 0 ? 100.0 * (awq / rtn - 1.0) : 0.0);
@@ -362,6 +367,7 @@ Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& 
             ar.alpha = awq->alpha;
             ar.rtnError = awq->rtnError;
             ar.awqError = awq->awqError;
+            ar.reference = awq->reference;
             if (!clip.empty()) {
                 double sum = 0;
                 for (float c : clip) sum += c;

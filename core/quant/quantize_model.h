@@ -77,11 +77,12 @@ struct QuantizeOptions {
 // What AWQ reported for one tensor it scaled.
 struct AwqReport {
     AwqOptions options;
-    std::string group;    // the input probe whose layers were scaled together
-    double alpha = 0;     // the chosen exponent
-    double rtnError = 0;  // tr(dW H dW^T) for rtn
-    double awqError = 0;  // the same for AWQ at alpha, before clipping
-    double meanClip = 1;  // mean per-row clip ratio (1 without clip)
+    std::string group;     // the input probe whose layers were scaled together
+    double alpha = 0;      // the chosen exponent
+    double rtnError = 0;   // tr(dW H dW^T) for rtn
+    double awqError = 0;   // the same for AWQ at alpha, before clipping
+    double reference = 0;  // tr(W H W^T) in the search's frame (0: unknown)
+    double meanClip = 1;   // mean per-row clip ratio (1 without clip)
 };
 
 // What GPTQ reported for one tensor (quant/gptq.h's GptqResult without the data).
