@@ -165,7 +165,7 @@ void MainWindow::createDocks()
     m_layoutPane = new LayoutPane(m_session, m_session->jobs(), this);
     m_layoutDock = new QDockWidget(tr("Layout"), this);
     m_layoutDock->setObjectName(QStringLiteral("layoutDock"));
-    m_layoutDock->setWidget(m_layoutPane);
+    m_layoutDock->setWidget(scrollable(m_layoutPane));
     addDockWidget(Qt::BottomDockWidgetArea, m_layoutDock);
     tabifyDockWidget(m_generateDock, m_layoutDock);
     m_treeDock->raise();
