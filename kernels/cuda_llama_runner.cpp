@@ -76,6 +76,11 @@ public:
     std::uint64_t peakMemoryBytes() const override { return m_memory.peak; }
     std::uint64_t memoryBytes() const override { return m_memory.current; }
     bool streamsWeights() const override { return m_streamed; }
+    Status beginBlocks(std::span<const std::int32_t> tokens, std::int64_t batch) override;
+    Result<ActivationStats> probeBlock(int block, int site, const RunnerStatsOptions& options,
+                                       const ProgressFn& progress) override;
+    Status advanceBlock(int block, const ProgressFn& progress) override;
+    void endBlocks() override;
 
 private:
     struct Block {
@@ -113,10 +118,15 @@ private:
     Status uploadBlock(std::int64_t b, Block& blk);
     Status ensureResidual(std::int64_t rows);
     Status ensureActivations(std::int64_t rows);
-    // Block w (index b) over rows [r0, r0 + n) of the residual stream: n / T whole sequences,
-    // the first being calibration sample `firstSample`.
-    Status runBlock(const Block& w, int b, std::int64_t r0, std::int64_t n, std::int64_t T,
-                    std::int32_t firstSample, AttentionKernel kernel);
+    // Block w (index b) over the n rows of the residual stream at x: n / T whole sequences, the
+    // first being calibration sample `firstSample`. With stopAt = a site (0..3) the block stops
+    // once that site's input has been observed (x is changed only when stopAt >= 2).
+    Status runBlock(const Block& w, int b, float* x, std::int64_t n, std::int64_t T,
+                    std::int32_t firstSample, AttentionKernel kernel, int stopAt = -1);
+    // Block by block: checks, and the block's weights (streaming: uploaded into slot 0 unless
+    // it holds them already).
+    Result<const Block*> blockForPass(int block, const char* what);
+    std::int64_t blockChunkRows() const;
     // Streaming with statistics: block b's four accumulators to the host, merged into
     // m_hostStats, then zeroed for the next block.
     Status collectBlockStats(std::int64_t b);
@@ -129,7 +139,10 @@ private:
     // enableStats creates one accumulator per probe (block * 4 + site); takeStats downloads them.
     Status onLinearInput(const LinearInput& in)
     {
-        if (!m_statsEnabled) return {};
+        DeviceStats* probe = m_probeStats && in.block == m_probeBlock && in.site == m_probeSite
+                                 ? &*m_probeStats
+                                 : nullptr;
+        if (!m_statsEnabled && !probe) return {};
         QL_CUDA_TRY(cudaEventRecord(m_statsFork, in.stream));
         QL_CUDA_TRY(cudaStreamWaitEvent(m_statsStream, m_statsFork, 0));
         struct Join {  // the buffer's readers are done once this event has run
@@ -139,7 +152,7 @@ private:
         } join{m_statsDone[in.site], m_statsStream};
         const std::size_t index =
             m_streamed ? std::size_t(in.site) : std::size_t(in.block) * 4 + std::size_t(in.site);
-        cuda::DeviceStats& stats = m_stats[index];
+        cuda::DeviceStats& stats = probe ? *probe : m_stats[index];
         const std::int64_t sequences = in.rows / in.seqLen;
         if (in.type == DType::BF16)
             return stats.add(static_cast<const __nv_bfloat16*>(in.data), in.rows, sequences,
@@ -152,7 +165,7 @@ private:
     // Before the forward's stream overwrites the buffer that probe `site` reads.
     Status waitStats(int site)
     {
-        if (!m_statsEnabled) return {};
+        if (!m_statsEnabled && !m_probeStats) return {};
         QL_CUDA_TRY(cudaStreamWaitEvent(m_ctx->stream(), m_statsDone[site], 0));
         return {};
     }
@@ -201,6 +214,16 @@ private:
     cudaEvent_t m_slotFree[2] = {nullptr, nullptr};
     DeviceBuffer<float> m_copyStaging;
     std::int64_t m_chunkRows = 0;  // streaming: rows per block pass (whole sequences); 0: all
+    int m_slotBlock = -1;          // streaming: the block slot 0 holds for block-by-block passes
+
+    // Block by block (beginBlocks .. endBlocks): the hidden states of m_blockRows rows in m_x,
+    // sequences of m_blockSeqLen; a probe's statistics while probeBlock runs; a copy of a chunk's
+    // residual stream for probes past the attention's residual add.
+    std::int64_t m_blockRows = 0, m_blockSeqLen = 0;
+    std::optional<DeviceStats> m_probeStats;
+    int m_probeBlock = -1, m_probeSite = -1;
+    std::uint64_t m_probeBytes = 0;  // counted in m_memory
+    DeviceBuffer<float> m_xScratch;
 
     std::int64_t m_residualRows = 0;  // rows m_x and m_ids hold
     std::int64_t m_rows = 0;          // rows the other activation buffers hold
@@ -261,6 +284,7 @@ CudaLlamaRunner::~CudaLlamaRunner()
     if (m_copyStream) cudaStreamDestroy(m_copyStream);
     if (m_statsStream) cudaStreamSynchronize(m_statsStream);
     m_stats.clear();  // their work is done; they use the handle below
+    m_probeStats.reset();
     if (m_statsBlas) cublasDestroy(m_statsBlas);
     if (m_statsFork) cudaEventDestroy(m_statsFork);
     for (auto& e : m_statsDone)
@@ -523,6 +547,16 @@ Status CudaLlamaRunner::replaceWeight(const std::string& name, std::span<const f
         } catch (const std::bad_alloc&) {
             return makeError(ErrorCode::OutOfMemory, "out of host memory for " + name);
         }
+        // A block-by-block pass holding this block in slot 0 sees the new values too.
+        const std::size_t dot = name.find('.', 4);
+        if (m_slotBlock < 0 || dot == std::string::npos ||
+            name.substr(4, dot - 4) != std::to_string(m_slotBlock))
+            return {};
+        auto held = slotIn(m_blocks[0], name.substr(dot + 1));
+        if (!held) return {};
+        QL_TRY_STATUS(upload(*held, values, m_ctx->stream(), m_staging));
+        QL_TRY_STATUS(m_ctx->synchronize());
+        m_staging.release();
         return {};
     }
     QL_TRY_STATUS(upload(*slot, values, m_ctx->stream(), m_staging));
@@ -645,12 +679,12 @@ Status CudaLlamaRunner::ensureRope(std::int64_t seqLen)
     return {};
 }
 
-Status CudaLlamaRunner::runBlock(const Block& w, int bi, std::int64_t r0, std::int64_t rows,
-                                 std::int64_t T, std::int32_t firstSample, AttentionKernel kernel)
+Status CudaLlamaRunner::runBlock(const Block& w, int bi, float* x, std::int64_t rows,
+                                 std::int64_t T, std::int32_t firstSample, AttentionKernel kernel,
+                                 int stopAt)
 {
     const LlamaShape& s = m_shape;
     cudaStream_t stream = m_ctx->stream();
-    float* x = m_x.data() + std::size_t(r0) * std::size_t(s.dim);
     AttentionShape as;
     as.batch = rows / T;
     as.seqLen = T;
@@ -681,6 +715,7 @@ Status CudaLlamaRunner::runBlock(const Block& w, int bi, std::int64_t r0, std::i
     launchRmsNorm(x, rows, s.dim, w.attnNorm.data(), s.rmsNormEps, m_h.data(), m_type, stream);
     QL_TRY_STATUS(CudaContext::checkLaunch("rmsnorm"));
     QL_TRY_STATUS(observe(0, m_h.data(), s.dim));
+    if (stopAt == 0) return {};
     QL_TRY_STATUS(linear(*m_ctx, m_h.data(), m_type, s.dim, w.wqkv.data(), rows, s.dim, m_qkvDim,
                          m_qkv.data(), m_type, m_qkvDim));
     if (s.attentionBias) {
@@ -696,6 +731,7 @@ Status CudaLlamaRunner::runBlock(const Block& w, int bi, std::int64_t r0, std::i
     QL_TRY_STATUS(
         causalAttention(*m_ctx, m_attention, as, m_qkv.data(), m_type, m_attn.data(), kernel));
     QL_TRY_STATUS(observe(1, m_attn.data(), m_qDim));
+    if (stopAt == 1) return {};
     QL_TRY_STATUS(linear(*m_ctx, m_attn.data(), m_type, m_qDim, w.wo.data(), rows, m_qDim, s.dim, x,
                          DType::F32, s.dim, 1.0f));
 
@@ -703,6 +739,7 @@ Status CudaLlamaRunner::runBlock(const Block& w, int bi, std::int64_t r0, std::i
     launchRmsNorm(x, rows, s.dim, w.ffnNorm.data(), s.rmsNormEps, m_h.data(), m_type, stream);
     QL_TRY_STATUS(CudaContext::checkLaunch("rmsnorm"));
     QL_TRY_STATUS(observe(2, m_h.data(), s.dim));
+    if (stopAt == 2) return {};
     QL_TRY_STATUS(linear(*m_ctx, m_h.data(), m_type, s.dim, w.wgu.data(), rows, s.dim, 2 * s.ffnDim,
                          m_gu.data(), m_type, 2 * s.ffnDim));
     QL_TRY_STATUS(waitStats(3));
@@ -710,6 +747,7 @@ Status CudaLlamaRunner::runBlock(const Block& w, int bi, std::int64_t r0, std::i
                  stream);
     QL_TRY_STATUS(CudaContext::checkLaunch("swiglu"));
     QL_TRY_STATUS(observe(3, m_g.data(), s.ffnDim));
+    if (stopAt == 3) return {};
     return linear(*m_ctx, m_g.data(), m_type, s.ffnDim, w.wdown.data(), rows, s.ffnDim, s.dim, x,
                   DType::F32, s.dim, 1.0f);
 }
@@ -725,6 +763,9 @@ Status CudaLlamaRunner::forward(std::span<const std::int32_t> tokens, std::int64
                          "forward: " + std::to_string(rows) + " tokens do not make " +
                              std::to_string(batch) + " sequences of equal length");
     const std::int64_t T = rows / batch;
+    if (m_blockRows > 0)
+        return makeError(ErrorCode::InvalidArgument,
+                         "forward: a block-by-block pass is in progress (endBlocks first)");
     for (std::size_t t = 0; t < tokens.size(); ++t)
         if (tokens[t] < 0 || tokens[t] >= s.vocab)
             return makeError(ErrorCode::InvalidArgument,
@@ -757,6 +798,7 @@ Status CudaLlamaRunner::forward(std::span<const std::int32_t> tokens, std::int64
 
         if (m_streamed) {
             // Nothing from an earlier call may still read slot 0.
+            m_slotBlock = -1;
             QL_CUDA_TRY(cudaStreamSynchronize(m_copyStream));
             QL_TRY_STATUS(uploadBlock(0, m_blocks[0]));
             QL_CUDA_TRY(cudaEventRecord(m_slotReady[0], m_copyStream));
@@ -765,7 +807,8 @@ Status CudaLlamaRunner::forward(std::span<const std::int32_t> tokens, std::int64
             const std::size_t slot = m_streamed ? std::size_t(b % 2) : std::size_t(b);
             if (m_streamed) QL_CUDA_TRY(cudaStreamWaitEvent(stream, m_slotReady[slot], 0));
             for (std::int64_t r0 = 0; r0 < rows; r0 += chunk)
-                QL_TRY_STATUS(runBlock(m_blocks[slot], int(b), r0, std::min(chunk, rows - r0), T,
+                QL_TRY_STATUS(runBlock(m_blocks[slot], int(b), m_x.data() + std::size_t(r0 * s.dim),
+                                       std::min(chunk, rows - r0), T,
                                        firstSample + std::int32_t(r0 / T), kernel));
             if (m_streamed) {
                 QL_CUDA_TRY(cudaEventRecord(m_slotFree[slot], stream));
@@ -992,6 +1035,186 @@ void CudaLlamaRunner::releaseStats()
     m_memory.remove(m_statsBytes);
     m_statsBytes = 0;
     m_statsEnabled = false;
+}
+
+std::int64_t CudaLlamaRunner::blockChunkRows() const
+{
+    const std::int64_t T = m_blockSeqLen;
+    return std::min(m_blockRows, std::max<std::int64_t>(1, kStreamChunkTokens / T) * T);
+}
+
+Status CudaLlamaRunner::beginBlocks(std::span<const std::int32_t> tokens, std::int64_t batch)
+{
+    const LlamaShape& s = m_shape;
+    const auto rows = static_cast<std::int64_t>(tokens.size());
+    if (batch <= 0 || rows == 0 || rows % batch != 0)
+        return makeError(ErrorCode::InvalidArgument,
+                         "beginBlocks: " + std::to_string(rows) + " tokens do not make " +
+                             std::to_string(batch) + " sequences of equal length");
+    const std::int64_t T = rows / batch;
+    for (std::size_t t = 0; t < tokens.size(); ++t)
+        if (tokens[t] < 0 || tokens[t] >= s.vocab)
+            return makeError(ErrorCode::InvalidArgument,
+                             "token id " + std::to_string(tokens[t]) + " at position " +
+                                 std::to_string(std::int64_t(t) % T) +
+                                 " is outside the vocabulary of " + std::to_string(s.vocab));
+    endBlocks();
+    try {
+        QL_TRY_STATUS(m_ctx->activate());
+        QL_TRY_STATUS(ensureResidual(rows));
+        m_blockRows = rows;
+        m_blockSeqLen = T;
+        const std::int64_t chunk = blockChunkRows();
+        Status ok = ensureActivations(chunk);
+        if (ok) ok = ensureRope(T);
+        if (ok) {
+            auto scratch = DeviceBuffer<float>::allocate(
+                std::size_t(chunk * s.dim), &m_memory,
+                "a copy of the residual stream of " + std::to_string(chunk) + " tokens");
+            if (scratch)
+                m_xScratch = std::move(scratch).value();
+            else
+                ok = scratch.error();
+        }
+        if (!ok) {
+            endBlocks();
+            return ok;
+        }
+        cudaStream_t stream = m_ctx->stream();
+        QL_CUDA_TRY(cudaMemcpyAsync(m_ids.data(), tokens.data(),
+                                    tokens.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice,
+                                    stream));
+        launchEmbedding(m_embd.data(), m_embd.type(), m_ids.data(), rows, s.dim, m_x.data(),
+                        stream);
+        QL_TRY_STATUS(CudaContext::checkLaunch("embedding lookup"));
+        // The token ids are read before the host's span may go.
+        return m_ctx->synchronize();
+    } catch (const std::bad_alloc&) {
+        endBlocks();
+        return makeError(ErrorCode::OutOfMemory, "out of host memory in beginBlocks");
+    }
+}
+
+void CudaLlamaRunner::endBlocks()
+{
+    if (!m_ctx->activate()) return;
+    (void)m_ctx->synchronize();
+    (void)syncStats();
+    m_probeStats.reset();
+    m_xScratch.release();
+    m_blockRows = 0;
+    m_blockSeqLen = 0;
+    // The hidden states of a calibration set are large (2 GB for 128 x 2048 tokens of a 1B
+    // model): give them back.
+    m_x.release();
+    m_ids.release();
+    m_residualRows = 0;
+}
+
+Result<const CudaLlamaRunner::Block*> CudaLlamaRunner::blockForPass(int block, const char* what)
+{
+    if (m_blockRows <= 0)
+        return makeError(ErrorCode::InvalidArgument, std::string(what) + ": no beginBlocks");
+    if (block < 0 || block >= m_shape.blocks)
+        return makeError(ErrorCode::InvalidArgument,
+                         std::string(what) + ": no block " + std::to_string(block));
+    QL_TRY_STATUS(m_ctx->activate());
+    if (!m_streamed) return &m_blocks[std::size_t(block)];
+    if (m_slotBlock != block) {
+        // Slot 0 may still be read by queued work.
+        QL_TRY_STATUS(m_ctx->synchronize());
+        QL_CUDA_TRY(cudaStreamSynchronize(m_copyStream));
+        m_slotBlock = -1;
+        QL_TRY_STATUS(uploadBlock(block, m_blocks[0]));
+        QL_CUDA_TRY(cudaStreamSynchronize(m_copyStream));
+        m_slotBlock = block;
+    }
+    return &m_blocks[0];
+}
+
+Result<ActivationStats> CudaLlamaRunner::probeBlock(int block, int site,
+                                                    const RunnerStatsOptions& options,
+                                                    const ProgressFn& progress)
+{
+    if (site < 0 || site > 3)
+        return makeError(ErrorCode::InvalidArgument, "probeBlock: no site " + std::to_string(site));
+    auto blk = blockForPass(block, "probeBlock");
+    if (!blk) return blk.error();
+    QL_TRY_STATUS(createStatsStream());
+    const std::int64_t widths[4] = {m_shape.dim, m_qDim, m_shape.dim, m_shape.ffnDim};
+    auto created =
+        DeviceStats::create(std::int32_t(widths[site]), options, m_statsStream, m_statsBlas);
+    if (!created) return created.error();
+    m_probeStats.emplace(std::move(created).value());
+    m_probeBlock = block;
+    m_probeSite = site;
+    // Whatever happens below, the probe's accumulators go when this returns.
+    struct Release {
+        CudaLlamaRunner* r;
+        ~Release()
+        {
+            (void)r->m_ctx->synchronize();
+            (void)r->syncStats();
+            r->m_memory.remove(r->m_probeBytes);
+            r->m_probeBytes = 0;
+            r->m_probeStats.reset();
+            r->m_probeBlock = r->m_probeSite = -1;
+        }
+    } release{this};
+    m_probeBytes = m_probeStats->deviceBytes();
+    m_memory.add(m_probeBytes);
+
+    const LlamaShape& s = m_shape;
+    const std::int64_t T = m_blockSeqLen, chunk = blockChunkRows();
+    const AttentionKernel kernel = attentionKernelFromEnvironment();
+    cudaStream_t stream = m_ctx->stream();
+    for (std::int64_t r0 = 0; r0 < m_blockRows; r0 += chunk) {
+        const std::int64_t n = std::min(chunk, m_blockRows - r0);
+        float* x = m_x.data() + std::size_t(r0 * s.dim);
+        if (site >= 2) {
+            // The attention's residual add comes before this site: work on a copy.
+            QL_CUDA_TRY(cudaMemcpyAsync(m_xScratch.data(), x, std::size_t(n * s.dim) * 4,
+                                        cudaMemcpyDeviceToDevice, stream));
+            x = m_xScratch.data();
+        }
+        QL_TRY_STATUS(
+            runBlock(**blk, block, x, n, T, std::int32_t(r0 / T), kernel, /*stopAt=*/site));
+        if (!reportProgress(progress, double(r0 + n) / double(m_blockRows), "probe")) {
+            QL_TRY_STATUS(m_ctx->synchronize());
+            return makeError(ErrorCode::Cancelled, "the block pass was cancelled");
+        }
+    }
+    QL_TRY_STATUS(m_ctx->synchronize());
+    QL_TRY_STATUS(syncStats());
+    // The statistics' scratch grew with the rows they saw: count it.
+    m_memory.add(m_probeStats->deviceBytes() - std::min(m_probeBytes, m_probeStats->deviceBytes()));
+    m_probeBytes = std::max(m_probeBytes, m_probeStats->deviceBytes());
+    if (m_lanes.empty())
+        if (auto lane = DownloadLane::create()) m_lanes.push_back(std::move(lane).value());
+    try {
+        return m_probeStats->download(m_lanes.empty() ? nullptr : &m_lanes[0]);
+    } catch (const std::bad_alloc&) {
+        return makeError(ErrorCode::OutOfMemory, "out of host memory for the statistics");
+    }
+}
+
+Status CudaLlamaRunner::advanceBlock(int block, const ProgressFn& progress)
+{
+    auto blk = blockForPass(block, "advanceBlock");
+    if (!blk) return blk.error();
+    const LlamaShape& s = m_shape;
+    const std::int64_t T = m_blockSeqLen, chunk = blockChunkRows();
+    const AttentionKernel kernel = attentionKernelFromEnvironment();
+    for (std::int64_t r0 = 0; r0 < m_blockRows; r0 += chunk) {
+        const std::int64_t n = std::min(chunk, m_blockRows - r0);
+        QL_TRY_STATUS(runBlock(**blk, block, m_x.data() + std::size_t(r0 * s.dim), n, T,
+                               std::int32_t(r0 / T), kernel));
+        if (!reportProgress(progress, double(r0 + n) / double(m_blockRows), "block")) {
+            QL_TRY_STATUS(m_ctx->synchronize());
+            return makeError(ErrorCode::Cancelled, "the block pass was cancelled");
+        }
+    }
+    return m_ctx->synchronize();
 }
 
 Status CudaLlamaRunner::runHead(std::int64_t rows, std::int64_t seqLen, const LogitsFn& onLogits)

@@ -1,6 +1,9 @@
 #include "cli_device.h"
 
 #include <cctype>
+#include <cstdio>
+
+#include "model/llama_runner.h"
 
 namespace qlcli {
 
@@ -82,6 +85,48 @@ std::optional<std::uint64_t> parseByteSize(std::string_view text)
 ql::Result<std::unique_ptr<ql::Backend>> openBackend(const DeviceOptions& options)
 {
     return ql::createBackend(options.kind);
+}
+
+ql::Result<ql::SequentialQuantization> quantizeSequentialOn(
+    DeviceOptions device, const ql::Model& model, ql::LlamaModel& llama,
+    const std::vector<ql::TokenWindow>& windows, const ql::Layout& layout,
+    const ql::ProgressFn& progress, ql::QuantizeOptions options)
+{
+    auto backend = openBackend(device);
+    if (!backend) return backend.error();
+    if (!(*backend)->device().isGpu) {
+        if (device.precision != ql::Precision::Float32)
+            return ql::makeError(ql::ErrorCode::InvalidArgument,
+                                 std::string("--precision ") + ql::precisionName(device.precision) +
+                                     " needs a CUDA GPU; the CPU runs f32");
+        return ql::quantizeModelSequential(model, llama, windows, layout, progress, options);
+    }
+    if (!device.precisionGiven) device.precision = ql::Precision::BFloat16;
+    std::string failure;
+    {  // the runner and its device memory go before a CPU run
+        auto runner = ql::createLlamaRunner(**backend, llama, device.precision, device.runner);
+        if (!runner) {
+            failure = "could not load the model onto " + (*backend)->device().name + ": " +
+                      runner.error().message;
+        } else {
+            std::fprintf(stderr, "note: true-sequential quantization on %s\n",
+                         describeRunner(**runner).c_str());
+            options.backend = backend->get();
+            auto q = ql::quantizeModelSequential(model, llama, **runner, windows, layout, progress,
+                                                 options);
+            if (q || q.error().code == ql::ErrorCode::Cancelled ||
+                q.error().code == ql::ErrorCode::InvalidArgument)
+                return q;
+            failure =
+                "quantization on " + (*runner)->device().name + " failed: " + q.error().message;
+        }
+    }
+    std::fprintf(stderr, "\nnote: %s\nnote: quantizing on the CPU instead\n", failure.c_str());
+    auto fresh = ql::LlamaModel::create(model);  // the GPU run changed some of its weights
+    if (!fresh) return fresh.error();
+    llama = std::move(fresh).value();
+    options.backend = nullptr;
+    return ql::quantizeModelSequential(model, llama, windows, layout, progress, options);
 }
 
 std::string describeRunner(const ql::ModelRunner& runner)

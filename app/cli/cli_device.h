@@ -10,8 +10,11 @@
 
 #include "cli_common.h"
 #include "compute/backend.h"
+#include "calib/dataset.h"
 #include "compute/runner.h"
+#include "layout/layout.h"
 #include "model/llama.h"
+#include "quant/gptq_sequential.h"
 
 namespace qlcli {
 
@@ -33,6 +36,16 @@ ql::Result<std::unique_ptr<ql::Backend>> openBackend(const DeviceOptions& option
 
 // "NVIDIA H100 80GB HBM3, bf16" / "CPU (16 threads), f32"; ", weights streamed" when they are.
 std::string describeRunner(const ql::ModelRunner& runner);
+
+// True-sequential quantization (quant/gptq_sequential.h) where the options say: with a GPU, the
+// windows' block passes on a GPU runner made from `llama` (bf16 unless --precision says
+// otherwise) and GPTQ on the GPU (for the formats it has). A GPU failure other than a cancel or
+// bad input is noted on stderr and the run repeated on the CPU with `llama` rebuilt from `model`.
+// Afterwards `llama` holds the quantized weights. The device used goes to stderr as a note.
+ql::Result<ql::SequentialQuantization> quantizeSequentialOn(
+    DeviceOptions device, const ql::Model& model, ql::LlamaModel& llama,
+    const std::vector<ql::TokenWindow>& windows, const ql::Layout& layout,
+    const ql::ProgressFn& progress, ql::QuantizeOptions options);
 
 // "12GiB", "800MiB", "1.5g", "4096" (bytes; K/M/G/T are powers of 1024); nullopt when malformed.
 std::optional<std::uint64_t> parseByteSize(std::string_view text);

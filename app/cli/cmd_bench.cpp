@@ -29,9 +29,10 @@
 
 namespace qlcli {
 
-int runBenchForward(Args args);    // app/cli/cmd_bench_gpu.cpp
-int runBenchCalibrate(Args args);  // app/cli/cmd_bench_gpu.cpp
-int runBenchGptq(Args args);       // app/cli/cmd_bench_gptq.cpp
+int runBenchForward(Args args);     // app/cli/cmd_bench_gpu.cpp
+int runBenchCalibrate(Args args);   // app/cli/cmd_bench_gpu.cpp
+int runBenchGptq(Args args);        // app/cli/cmd_bench_gptq.cpp
+int runBenchSequential(Args args);  // app/cli/cmd_bench_sequential.cpp
 
 const std::string_view kBenchHelp =
     "usage: quantlens-cli bench open MODEL [--repeat N] [--list]\n"
@@ -40,7 +41,8 @@ const std::string_view kBenchHelp =
     "       quantlens-cli bench forward MODEL [options]   (see: bench forward --help)\n"
     "       quantlens-cli bench calibrate MODEL [options] (see: bench calibrate --help)\n"
     "       quantlens-cli bench hessian [options]         (see: bench hessian --help)\n"
-    "       quantlens-cli bench gptq [options]            (see: bench gptq --help)\n\n"
+    "       quantlens-cli bench gptq [options]            (see: bench gptq --help)\n"
+    "       quantlens-cli bench gptq-model MODEL [options] (see: bench gptq-model --help)\n\n"
     "open   opens MODEL (a .gguf file, a safetensors folder or a llama2.c .bin) reading\n"
     "       headers only, walks its tensor list (--list prints it), and prints the wall time\n"
     "       of each open and the peak resident memory (getrusage ru_maxrss and VmHWM), then\n"
@@ -54,6 +56,8 @@ const std::string_view kBenchHelp =
     "forward  tokens/s, TFLOP/s and peak memory of whole forward passes (GPU when present).\n"
     "gptq   GPTQ of generated layers on the GPU: ms per layer with its breakdown, peak memory,\n"
     "       GPTQ/RTN loss (see: bench gptq --help).\n"
+    "gptq-model  true-sequential GPTQ of a whole model end to end (GPU when present): time per\n"
+    "       phase, peak memory (see: bench gptq-model --help).\n"
     "calibrate  tokens/s of calibration with the statistics off and on, the overhead and the\n"
     "       peak memory (GPU when present).\n";
 
@@ -270,11 +274,12 @@ int runBench(Args args)
     if (which == "quant") return runArgvCommand(runBenchQuant, args);
     if (which == "hessian") return runBenchHessian(args.subspan(1));
     if (which == "gptq") return runBenchGptq(args.subspan(1));
+    if (which == "gptq-model") return runBenchSequential(args.subspan(1));
     if (which == "forward") return runBenchForward(args.subspan(1));
     if (which == "calibrate") return runBenchCalibrate(args.subspan(1));
-    return usageError(
-        "no benchmark '" + which + "' (open, stats, quant, forward, calibrate, hessian, gptq)",
-        "bench");
+    return usageError("no benchmark '" + which +
+                          "' (open, stats, quant, forward, calibrate, hessian, gptq, gptq-model)",
+                      "bench");
 }
 
 }  // namespace qlcli

@@ -72,7 +72,7 @@ std::string checkGptqInput(const ql::Model& model, const ql::Layout& layout,
 ql::Result<std::pair<std::string, ql::LlamaModel>> quantizeSequential(
     const ql::Model& model, const ql::Tokenizer& tokenizer, const ql::Layout& layout,
     const std::vector<std::string>& texts, ql::WindowOptions windowOptions,
-    const ql::QuantizeOptions& options, ProgressLine& progress)
+    const ql::QuantizeOptions& options, const DeviceOptions& device, ProgressLine& progress)
 {
     std::vector<std::string> contents;
     for (const auto& f : texts) {
@@ -85,8 +85,8 @@ ql::Result<std::pair<std::string, ql::LlamaModel>> quantizeSequential(
     if (!windows) return windows.error();
     auto llama = ql::LlamaModel::create(model, {}, progress.part(0.05, 0.07));
     if (!llama) return llama.error();
-    auto q = ql::quantizeModelSequential(model, *llama, *windows, layout, progress.part(0.07, 0.25),
-                                         options);
+    auto q = quantizeSequentialOn(device, model, *llama, *windows, layout,
+                                  progress.part(0.07, 0.25), options);
     if (!q) return q.error();
     for (const auto& f : q->model.plan.fallbacks)
         std::fprintf(stderr, "fallback: %s\n", f.tensor.c_str());
@@ -214,7 +214,7 @@ int runEval(Args args)
         quantizeOptions.observer = &gptqLog;
         if (!calibTexts.empty() && !onTheFly) {
             auto sequential = quantizeSequential(*model, **tokenizer, *layout, calibTexts,
-                                                 calibWindows, quantizeOptions, progress);
+                                                 calibWindows, quantizeOptions, device, progress);
             if (!sequential) return fail(sequential.error().message);
             layoutText = sequential->first;
             quantized.emplace(std::move(sequential->second));

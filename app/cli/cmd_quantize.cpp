@@ -28,8 +28,9 @@
 #include <nlohmann/json.hpp>
 
 #include "calib/calibration.h"
-#include "cli_common.h"
 #include "calib/dataset.h"
+#include "cli_common.h"
+#include "cli_device.h"
 #include "export/gguf_writer.h"
 #include "io/model_loader.h"
 #include "layout/layout.h"
@@ -46,6 +47,8 @@ void printUsage(std::FILE* to)
         "usage: quantlens-cli quantize MODEL --layout SPEC|@FILE --out OUT.gguf\n"
         "                              [--session SESSION.h5 | --text FILE... [--samples N]\n"
         "                              [--seqlen L] [--seed S]] [--dequant-dtype f16|f32]\n"
+        "                              [--device auto|cpu|cuda] [--precision f32|bf16]\n"
+        "                              [--gpu-memory SIZE] [--stream-weights]\n"
         "                              [--threads N] [--json]\n"
         "Quantizes MODEL (GGUF, safetensors folder, llama2.c .bin) with layout rules and writes\n"
         "a GGUF file.\n"
@@ -61,6 +64,11 @@ void printUsage(std::FILE* to)
         "            model as it is quantized (true-sequential GPTQ); --samples windows (default\n"
         "            128) of --seqlen tokens (default 512) at offsets seeded by --seed (0);\n"
         "            a layout with awq rules is calibrated once on the unquantized model\n"
+        "  --device  where --text's true-sequential passes and GPTQ run: auto (a CUDA GPU when\n"
+        "            present, default), cuda or cpu; a GPU failure falls back to the CPU\n"
+        "  --precision  the GPU passes' precision (bf16 default on a GPU; the CPU is f32)\n"
+        "  --gpu-memory SIZE, --stream-weights  as for calibrate: stream the weights block by\n"
+        "            block when the model does not fit (or always)\n"
         "  --dequant-dtype  how formats llama.cpp cannot store (nf4, fp4, fp8, int-n) are\n"
         "            written: their decoded values as f16 (default) or f32\n"
         "  --json    the report as JSON on stdout\n"
@@ -158,6 +166,7 @@ int runQuantize(int argc, char** argv)
     int threads = 0;
     std::vector<std::string> textFiles;
     ql::WindowOptions windowOptions;
+    qlcli::DeviceOptions device;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         auto value = [&](const char* what, std::string& into) {
@@ -202,6 +211,33 @@ int runQuantize(int argc, char** argv)
             threads = int(std::strtol(v.c_str(), &end, 10));
             if (v.empty() || *end || threads < 0)
                 return badInput("--threads needs a number >= 0, not '" + v + "'");
+        } else if (a == "--device") {
+            std::string v;
+            if (!value("--device", v)) return badInput("--device needs a value");
+            if (v == "cpu")
+                device.kind = ql::BackendKind::Cpu;
+            else if (v == "cuda" || v == "gpu")
+                device.kind = ql::BackendKind::Cuda;
+            else if (v == "auto")
+                device.kind = ql::BackendKind::Auto;
+            else
+                return badInput("--device is cpu, cuda or auto, not '" + v + "'");
+        } else if (a == "--precision") {
+            std::string v;
+            if (!value("--precision", v)) return badInput("--precision needs a value");
+            auto precision = ql::parsePrecision(v);
+            if (!precision) return badInput("--precision is f32 or bf16, not '" + v + "'");
+            device.precision = *precision;
+            device.precisionGiven = true;
+        } else if (a == "--gpu-memory") {
+            std::string v;
+            if (!value("--gpu-memory", v)) return badInput("--gpu-memory needs a value");
+            auto bytes = qlcli::parseByteSize(v);
+            if (!bytes || *bytes == 0)
+                return badInput("--gpu-memory takes a size such as 12GiB, not '" + v + "'");
+            device.runner.memoryLimit = *bytes;
+        } else if (a == "--stream-weights") {
+            device.runner.residency = ql::WeightResidency::Streamed;
         } else if (a == "--json") {
             json = true;
         } else if (!a.empty() && a[0] == '-') {
@@ -317,8 +353,8 @@ int runQuantize(int argc, char** argv)
     auto onProgress = [&](double f, std::string_view what) { return progress(f, what); };
     ql::Result<ql::GgufWriteReport> report = ql::Error{};
     if (llama) {
-        auto seq = ql::quantizeModelSequential(
-            *model, *llama, windows, *layout,
+        auto seq = qlcli::quantizeSequentialOn(
+            device, *model, *llama, windows, *layout,
             [&](double f, std::string_view what) { return progress(0.9 * f, what); },
             options.quantize);
         if (!seq) {

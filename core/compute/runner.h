@@ -115,6 +115,23 @@ public:
     // Whether each forward streams the weights from the host (WeightResidency::Streamed): callers
     // then pass as many sequences per call as they can (calibrateWindows passes all of them).
     virtual bool streamsWeights() const { return false; }
+
+    // Block by block, for true-sequential quantization (quant/gptq_sequential.h). beginBlocks
+    // embeds `batch` sequences of tokens.size() / batch tokens and keeps their hidden states with
+    // the runner, on its device. probeBlock runs them through block `block` as far as the input of
+    // `site` (0..3, as the statistics' sites above) and returns the statistics of that input over
+    // every sequence (sequence i is sample i), leaving the hidden states as they were;
+    // advanceBlock runs them through the whole block and keeps its output; endBlocks frees them.
+    // Weights replaced in between (replaceWeight) take effect at the next call. Statistics turned
+    // on with enableStats see none of this. forward() is refused between beginBlocks and
+    // endBlocks. Memory: the hidden states (tokens x dim floats) and one probe's statistics on
+    // top of the runner's own.
+    virtual Status beginBlocks(std::span<const std::int32_t> tokens, std::int64_t batch) = 0;
+    virtual Result<ActivationStats> probeBlock(int block, int site,
+                                               const RunnerStatsOptions& options,
+                                               const ProgressFn& progress = {}) = 0;
+    virtual Status advanceBlock(int block, const ProgressFn& progress = {}) = 0;
+    virtual void endBlocks() = 0;
 };
 
 }  // namespace ql

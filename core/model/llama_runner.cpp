@@ -193,6 +193,113 @@ std::uint64_t CpuLlamaRunner::peakMemoryBytes() const
     return m_model.weights().bytes();
 }
 
+namespace {
+
+// The statistics of one site of one block (CpuLlamaRunner::probeBlock).
+class SiteProbe final : public ForwardProbe {
+public:
+    SiteProbe(int block, int site, std::int32_t channels, const RunnerStatsOptions& options)
+        : m_block(block),
+          m_site(site),
+          m_stats(channels, options.hessian, options.histogramBins, options.topK)
+    {
+    }
+    void onLinearInput(int block, LinearGroup group,
+                       const Eigen::Ref<const MatrixXfRowMajor>& x) override
+    {
+        if (block != m_block || int(group) != m_site) return;
+        m_reached = true;
+        if (x.outerStride() == x.cols()) {
+            m_stats.add(std::span<const float>(x.data(), std::size_t(x.size())), x.rows(),
+                        m_sample);
+        } else {
+            const MatrixXfRowMajor copy = x;
+            m_stats.add(std::span<const float>(copy.data(), std::size_t(copy.size())), copy.rows(),
+                        m_sample);
+        }
+    }
+    void setSample(std::int32_t s) { m_sample = s; }
+    bool reached() const { return m_reached; }
+    ActivationStats& stats() { return m_stats; }
+
+private:
+    int m_block, m_site;
+    std::int32_t m_sample = 0;
+    bool m_reached = false;
+    ActivationStats m_stats;
+};
+
+}  // namespace
+
+Status CpuLlamaRunner::beginBlocks(std::span<const std::int32_t> tokens, std::int64_t batch)
+{
+    const auto total = static_cast<std::int64_t>(tokens.size());
+    if (batch <= 0 || total == 0 || total % batch != 0)
+        return makeError(ErrorCode::InvalidArgument,
+                         "beginBlocks: " + std::to_string(total) + " tokens do not make " +
+                             std::to_string(batch) + " sequences of equal length");
+    const std::int64_t T = total / batch;
+    try {
+        m_hidden.clear();
+        m_hidden.reserve(std::size_t(batch));
+        for (std::int64_t i = 0; i < batch; ++i) {
+            auto h = m_model.embed(tokens.subspan(std::size_t(i * T), std::size_t(T)));
+            if (!h) {
+                m_hidden.clear();
+                return h.error();
+            }
+            m_hidden.push_back(std::move(h).value());
+        }
+    } catch (const std::bad_alloc&) {
+        m_hidden.clear();
+        return makeError(ErrorCode::OutOfMemory, "out of memory for the hidden states of " +
+                                                     std::to_string(batch) + " sequences of " +
+                                                     std::to_string(T) + " tokens");
+    }
+    return {};
+}
+
+Result<ActivationStats> CpuLlamaRunner::probeBlock(int block, int site,
+                                                   const RunnerStatsOptions& options,
+                                                   const ProgressFn& progress)
+{
+    if (m_hidden.empty())
+        return makeError(ErrorCode::InvalidArgument, "probeBlock: no beginBlocks");
+    if (site < 0 || site > 3)
+        return makeError(ErrorCode::InvalidArgument, "probeBlock: no site " + std::to_string(site));
+    const std::int64_t widths[4] = {m_shape.dim, m_shape.heads * m_shape.headDim, m_shape.dim,
+                                    m_shape.ffnDim};
+    try {
+        SiteProbe probe(block, site, std::int32_t(widths[site]), options);
+        for (std::size_t s = 0; s < m_hidden.size(); ++s) {
+            probe.setSample(std::int32_t(s));
+            MatrixXfRowMajor h = m_hidden[s];
+            QL_TRY_STATUS(m_model.runBlock(block, h, &probe));
+            if (!reportProgress(progress, double(s + 1) / double(m_hidden.size()), "probe"))
+                return makeError(ErrorCode::Cancelled, "the block pass was cancelled");
+        }
+        if (!probe.reached())
+            return makeError(
+                ErrorCode::InvalidArgument,
+                "block " + std::to_string(block) + " never reached site " + std::to_string(site));
+        return std::move(probe.stats());
+    } catch (const std::bad_alloc&) {
+        return makeError(ErrorCode::OutOfMemory, "out of memory for a block's statistics");
+    }
+}
+
+Status CpuLlamaRunner::advanceBlock(int block, const ProgressFn& progress)
+{
+    if (m_hidden.empty())
+        return makeError(ErrorCode::InvalidArgument, "advanceBlock: no beginBlocks");
+    for (std::size_t s = 0; s < m_hidden.size(); ++s) {
+        QL_TRY_STATUS(m_model.runBlock(block, m_hidden[s]));
+        if (!reportProgress(progress, double(s + 1) / double(m_hidden.size()), "block"))
+            return makeError(ErrorCode::Cancelled, "the block pass was cancelled");
+    }
+    return {};
+}
+
 Result<std::unique_ptr<ModelRunner>> createLlamaRunner(Backend& backend, const LlamaModel& model,
                                                        Precision precision,
                                                        const RunnerOptions& options)

@@ -37,6 +37,13 @@ public:
     void disableStats() override;
     Status replaceWeight(const std::string& name, std::span<const float> values) override;
     std::uint64_t peakMemoryBytes() const override;  // the float32 weights held on the host
+    // Each sequence's hidden state is its own matrix, run through a block one at a time
+    // (LlamaModel::runBlock); a probe runs the whole block on a copy.
+    Status beginBlocks(std::span<const std::int32_t> tokens, std::int64_t batch) override;
+    Result<ActivationStats> probeBlock(int block, int site, const RunnerStatsOptions& options,
+                                       const ProgressFn& progress = {}) override;
+    Status advanceBlock(int block, const ProgressFn& progress = {}) override;
+    void endBlocks() override { m_hidden.clear(); }
 
 private:
     class Probe;
@@ -44,6 +51,7 @@ private:
     LlamaModel* m_mutable = nullptr;
     LlamaShape m_shape;
     std::unique_ptr<Probe> m_probe;
+    std::vector<MatrixXfRowMajor> m_hidden;  // beginBlocks' sequences
 };
 
 // A runner of `model` on `backend`'s device: the backend's own runner on a GPU, else a

@@ -5,40 +5,20 @@
 #include <optional>
 
 #include "calib/calibrate.h"
+#include "model/llama_runner.h"
 #include "util/pause_gate.h"
 
 namespace ql {
 namespace {
 
-// Accumulates the input statistics of one sublayer group of one block.
-class GroupProbe final : public ForwardProbe {
-public:
-    GroupProbe(int block, LinearGroup group) : m_block(block), m_group(group) {}
-
-    void onLinearInput(int block, LinearGroup group,
-                       const Eigen::Ref<const MatrixXfRowMajor>& x) override
+// Adds the seconds of its lifetime to `total`.
+struct AddSeconds {
+    double& total;
+    std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+    ~AddSeconds()
     {
-        if (block != m_block || group != m_group) return;
-        if (!m_stats)
-            m_stats.emplace(static_cast<std::int32_t>(x.cols()), HessianPrecision::Float64, 512, 8);
-        if (x.outerStride() == x.cols()) {
-            m_stats->add(std::span<const float>(x.data(), std::size_t(x.size())), x.rows(),
-                         m_sample);
-        } else {
-            const MatrixXfRowMajor copy = x;
-            m_stats->add(std::span<const float>(copy.data(), std::size_t(copy.size())), copy.rows(),
-                         m_sample);
-        }
+        total += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     }
-
-    void setSample(std::int32_t s) { m_sample = s; }
-    std::optional<ActivationStats>& stats() { return m_stats; }
-
-private:
-    int m_block;
-    LinearGroup m_group;
-    std::int32_t m_sample = 0;
-    std::optional<ActivationStats> m_stats;
 };
 
 // Sublayer group of a block tensor, in execution order; 4 for tensors no probe feeds (norms).
@@ -74,6 +54,17 @@ Result<SequentialQuantization> quantizeModelSequential(const Model& model, Llama
                                                        const ProgressFn& progress,
                                                        const QuantizeOptions& options)
 {
+    CpuLlamaRunner runner(llama);
+    return quantizeModelSequential(model, llama, runner, windows, layout, progress, options);
+}
+
+Result<SequentialQuantization> quantizeModelSequential(const Model& model, LlamaModel& llama,
+                                                       ModelRunner& runner,
+                                                       const std::vector<TokenWindow>& windows,
+                                                       const Layout& layout,
+                                                       const ProgressFn& progress,
+                                                       const QuantizeOptions& options)
+{
     const auto start = std::chrono::steady_clock::now();
     auto plan = layout.resolve(model);
     if (!plan) return plan.error();
@@ -87,6 +78,11 @@ Result<SequentialQuantization> quantizeModelSequential(const Model& model, Llama
     for (const auto& w : windows) {
         if (w.tokens.empty())
             return makeError(ErrorCode::InvalidArgument, "an empty calibration window");
+        if (w.tokens.size() != windows.front().tokens.size())
+            return makeError(ErrorCode::InvalidArgument,
+                             "calibration windows of different lengths (" +
+                                 std::to_string(windows.front().tokens.size()) + " and " +
+                                 std::to_string(w.tokens.size()) + " tokens)");
         totalTokens += std::int64_t(w.tokens.size());
         longest = std::max<std::int64_t>(longest, std::int64_t(w.tokens.size()));
     }
@@ -113,9 +109,16 @@ Result<SequentialQuantization> quantizeModelSequential(const Model& model, Llama
     CalibrationResult& calib = out.calibration;
     calib.config.samples = std::int32_t(windows.size());
     calib.config.seqLen = std::int32_t(longest);
-    calib.config.hessian = HessianPrecision::Float64;
     calib.tokens = totalTokens;
-    calib.device = "CPU (true-sequential)";
+    const DeviceInfo device = runner.device();
+    calib.device = device.name + " (true-sequential)";
+    // The CPU probes as calibrate() does with --hessian f64; a GPU accumulates in float32 (what
+    // its GPTQ reads).
+    RunnerStatsOptions statsOptions;
+    statsOptions.hessian = device.isGpu ? HessianPrecision::Float32 : HessianPrecision::Float64;
+    statsOptions.histogramBins = 512;
+    statsOptions.topK = 8;
+    calib.config.hessian = statsOptions.hessian;
 
     // Progress in steps: the tensors outside the blocks, then per block four groups and the pass
     // that carries the windows on.
@@ -153,6 +156,7 @@ Result<SequentialQuantization> quantizeModelSequential(const Model& model, Llama
 
     auto quantizeOne = [&](std::size_t i, const CalibrationResult* calibration, double from,
                            double to) -> Status {
+        const AddSeconds timed{out.quantizeSeconds};
         const TensorPlan& p = plan->tensors[i];
         ProgressFn inner = [&](double f, std::string_view) {
             return report(from + (to - from) * f, p.name);
@@ -163,6 +167,7 @@ Result<SequentialQuantization> quantizeModelSequential(const Model& model, Llama
             auto values = t->quantized.dequantize();
             if (!values) return values.error();
             QL_TRY_STATUS(llama.weights().replaceWeights(p.name, *values));
+            QL_TRY_STATUS(runner.replaceWeight(p.name, *values));
         }
         out.model.tensors[i] = std::move(t).value();
         finished[i] = true;
@@ -182,13 +187,17 @@ Result<SequentialQuantization> quantizeModelSequential(const Model& model, Llama
         QL_TRY_STATUS(quantizeAll(outside, nullptr, 0.0, 1.0));
         step += 1;
 
-        std::vector<MatrixXfRowMajor> hidden;
-        hidden.reserve(windows.size());
-        for (const auto& w : windows) {
-            auto h = llama.embed(w.tokens);
-            if (!h) return h.error();
-            hidden.push_back(std::move(h).value());
+        std::vector<std::int32_t> tokens;
+        tokens.reserve(std::size_t(totalTokens));
+        for (const auto& w : windows) tokens.insert(tokens.end(), w.tokens.begin(), w.tokens.end());
+        {
+            const AddSeconds timed{out.passSeconds};
+            QL_TRY_STATUS(runner.beginBlocks(tokens, std::int64_t(windows.size())));
         }
+        struct End {
+            ModelRunner& r;
+            ~End() { r.endBlocks(); }
+        } end{runner};
 
         for (int b = 0; b < blocks; ++b) {
             const auto& groups = inBlock[std::size_t(b)];
@@ -206,33 +215,34 @@ Result<SequentialQuantization> quantizeModelSequential(const Model& model, Llama
                 }
                 const ProbeSite site = probeSiteOf(kGroups[std::size_t(g)]);
                 const std::string name = probeName(b, site);
-                GroupProbe probe(b, kGroups[std::size_t(g)]);
-                for (std::size_t s = 0; s < windows.size(); ++s) {
-                    probe.setSample(std::int32_t(s));
-                    MatrixXfRowMajor h = hidden[s];
-                    QL_TRY_STATUS(llama.runBlock(b, h, &probe));
-                    if (!proceed(0.5 * double(s + 1) / double(windows.size()),
-                                 "calibrating " + name))
-                        return cancelled();
+                std::optional<AddSeconds> timed(std::in_place, out.passSeconds);
+                auto stats =
+                    runner.probeBlock(b, int(site), statsOptions, [&](double f, std::string_view) {
+                        return proceed(0.5 * f, "calibrating " + name);
+                    });
+                timed.reset();
+                if (!stats) {
+                    if (stats.error().code == ErrorCode::Cancelled) return cancelled();
+                    return stats.error();
                 }
-                if (!probe.stats())
-                    return makeError(ErrorCode::InvalidArgument,
-                                     "block " + std::to_string(b) + " never reached " + name);
                 CalibrationResult partial;
                 ProbeStats ps;
                 ps.name = name;
                 ps.block = b;
                 ps.site = site;
-                ps.stats = std::move(*probe.stats());
+                ps.stats = std::move(stats).value();
                 partial.probes.push_back(std::move(ps));
                 QL_TRY_STATUS(quantizeAll(list, &partial, 0.5, 1.0));
                 calib.probes.push_back(std::move(partial.probes.front()));
             }
-            for (std::size_t s = 0; s < windows.size(); ++s) {
-                QL_TRY_STATUS(llama.runBlock(b, hidden[s]));
-                if (!proceed(double(s + 1) / double(windows.size()),
-                             "block " + std::to_string(b) + " done"))
-                    return cancelled();
+            std::optional<AddSeconds> timed(std::in_place, out.passSeconds);
+            const Status advanced = runner.advanceBlock(b, [&](double f, std::string_view) {
+                return proceed(f, "block " + std::to_string(b) + " done");
+            });
+            timed.reset();
+            if (!advanced) {
+                if (advanced.error().code == ErrorCode::Cancelled) return cancelled();
+                return advanced.error();
             }
             step += 1;
         }
@@ -254,6 +264,7 @@ Result<SequentialQuantization> quantizeModelSequential(const Model& model, Llama
                                                      " windows of up to " +
                                                      std::to_string(longest) + " tokens)");
     }
+    out.peakDeviceBytes = runner.peakMemoryBytes();
     (void)reportProgress(progress, 1.0, "done");
     out.model.seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

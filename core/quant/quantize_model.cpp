@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "compute/backend.h"
 #include "quant/ggml_dequant.h"
 #include "quant/gptq.h"
 #include "quant/rtn.h"
@@ -304,8 +305,10 @@ Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& 
                         double(fold->colMul[std::size_t(i)]) * double(fold->colMul[std::size_t(j)]);
         return h;
     };
+    // GPTQ measures its own output error with the same Hessian: no copy for it here.
+    const bool gptqRuns = runsGptq(model, plan);
     if (probe && probe->stats.hessianPrecision() != HessianPrecision::None &&
-        (options.hessianError || (awq && awq->quantize && awq->options.clip)))
+        ((options.hessianError && !gptqRuns) || (awq && awq->quantize && awq->options.clip)))
         scaledHessian = hessianOf();
 
     QuantizedTensor& q = out.quantized;
@@ -331,8 +334,13 @@ Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& 
             const std::string why = missingHessian(calibration, rep.probe, plan.cols);
             if (!why.empty()) return makeError(ErrorCode::InvalidArgument, plan.name + ": " + why);
             const GptqMonitor monitor{options.gptqObserver, options.pauseGate, plan.name};
-            auto g = quantizeGptq(ref.data(), plan.rows, plan.cols, probe->stats.hessian(),
-                                  plan.format, gptqOptions, imp, progress, monitor);
+            // The Hessian of the input as a fold leaves it (as the error below uses).
+            const std::vector<double> h = fold ? hessianOf() : probe->stats.hessian();
+            auto g = options.backend
+                         ? options.backend->quantizeGptq(ref.data(), plan.rows, plan.cols, h,
+                                                         plan.format, gptqOptions, imp, progress)
+                         : quantizeGptq(ref.data(), plan.rows, plan.cols, h, plan.format,
+                                        gptqOptions, imp, progress, monitor);
             if (!g) {
                 Error e = g.error();
                 if (e.code != ErrorCode::Cancelled) e.message = plan.name + ": " + e.message;
@@ -350,6 +358,9 @@ Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& 
                                 g->order.begin() + std::min<std::ptrdiff_t>(64, g->order.size()));
             gr.seconds = g->seconds;
             rep.gptq = std::move(gr);
+            // GPTQ measured tr(dW H dW^T) against the same weights and Hessian already.
+            if (options.hessianError) rep.outputError = g->error;
+            if (!g->note.empty()) rep.note = rep.note.empty() ? g->note : rep.note + "; " + g->note;
             q = std::move(g->quantized);
         } else if (awq && awq->quantize && plan.method == QuantMethod::Awq) {
             std::vector<float> clip;
@@ -399,7 +410,7 @@ Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& 
     auto metrics = computeErrorMetrics(ref, *approx);
     if (!metrics) return metrics.error();
     rep.metrics = *metrics;
-    if (probe && options.hessianError && !scaledHessian.empty()) {
+    if (probe && options.hessianError && !scaledHessian.empty() && !rep.gptq) {
         auto err = hessianWeightedError(ref, *approx, plan.rows, plan.cols, scaledHessian);
         if (!err) return err.error();
         rep.outputError = *err;

@@ -43,6 +43,7 @@
 
 namespace ql {
 
+class Backend;
 struct TensorReport;
 
 // Sees each tensor's report as soon as the tensor is done, on the calling thread (e.g. to print
@@ -72,6 +73,9 @@ struct QuantizeOptions {
     // Other scales folded into tensors before quantization (SmoothQuant's, quant/smoothquant.h);
     // a tensor named here is re-encoded even when its storage type is kept. AWQ's entry wins.
     const std::map<std::string, ScaleFold>* folds = nullptr;
+    // Where GPTQ runs (Backend::quantizeGptq: the GPU for the formats it has); null: core's
+    // quantizeGptq on the CPU.
+    Backend* backend = nullptr;
 };
 
 // What AWQ reported for one tensor it scaled.
