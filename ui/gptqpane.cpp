@@ -30,11 +30,13 @@
 #include "calib/calibrate.h"
 #include "calibrationpane.h"
 #include "calibrationstate.h"
+#include "compute/backend.h"
 #include "export/gguf_writer.h"
 #include "format.h"
 #include "jobrunner.h"
 #include "layout/layout.h"
 #include "model/llama.h"
+#include "model/llama_runner.h"
 #include "model/tokenizer.h"
 #include "quant/gptq_sequential.h"
 #include "util/pause_gate.h"
@@ -138,6 +140,32 @@ ql::Result<ql::QuantizedModel> runGptq(const ql::Model& model, const ql::Layout&
     auto llama = ql::LlamaModel::create(model);
     if (!llama) return llama.error();
     if (request.sequential) {
+        // The block passes and GPTQ on the GPU when there is one (bf16 passes, weights streamed
+        // when the model does not fit); a GPU failure other than a cancel runs it again on the
+        // CPU.
+        auto backend = ql::createBackend(ql::BackendKind::Auto);
+        if (backend && (*backend)->device().isGpu) {
+            std::string failure;
+            {
+                auto runner = ql::createLlamaRunner(**backend, *llama, ql::Precision::BFloat16);
+                if (runner) {
+                    (void)ql::reportProgress(progress, 0.0, "GPTQ on " + (*backend)->device().name);
+                    options.backend = backend->get();
+                    auto q = ql::quantizeModelSequential(model, *llama, **runner, *windows, layout,
+                                                         progress, options);
+                    if (q) return std::move(q->model);
+                    if (q.error().code == ql::ErrorCode::Cancelled) return q.error();
+                    failure = q.error().message;
+                } else {
+                    failure = runner.error().message;
+                }
+            }
+            (void)ql::reportProgress(progress, 0.0,
+                                     "the GPU failed (" + failure + "): GPTQ on the CPU instead");
+            options.backend = nullptr;
+            llama = ql::LlamaModel::create(model);  // the GPU run changed some weights
+            if (!llama) return llama.error();
+        }
         auto q = ql::quantizeModelSequential(model, *llama, *windows, layout, progress, options);
         if (!q) return q.error();
         return std::move(q->model);

@@ -146,9 +146,12 @@ int runBenchSequential(Args args)
     const std::uint64_t devicePeak = sampler.stop();
 
     std::int64_t gptqLayers = 0, onCpu = 0;
-    double loss = 0, rtnLoss = 0, gptqSeconds = 0;
+    double loss = 0, rtnLoss = 0, gptqSeconds = 0, gptqTensorSeconds = 0, otherSeconds = 0;
+    std::vector<const ql::TensorReport*> slowest;
     for (const auto& t : q->model.tensors) {
         const auto& g = t.report.gptq;
+        slowest.push_back(&t.report);
+        (g ? gptqTensorSeconds : otherSeconds) += t.report.seconds;
         if (!g) continue;
         ++gptqLayers;
         loss += g->loss;
@@ -156,6 +159,9 @@ int runBenchSequential(Args args)
         gptqSeconds += g->seconds;
         if (t.report.note.rfind("cpu", 0) == 0) ++onCpu;
     }
+    std::sort(slowest.begin(), slowest.end(),
+              [](const auto* a, const auto* b) { return a->seconds > b->seconds; });
+    slowest.resize(std::min<std::size_t>(slowest.size(), 6));
     const std::string where = q->calibration.device;
     const double setup = std::max(0.0, quantSeconds - q->passSeconds - q->quantizeSeconds);
     if (json) {
@@ -170,6 +176,8 @@ int runBenchSequential(Args args)
         j["pass_seconds"] = q->passSeconds;
         j["quantize_seconds"] = q->quantizeSeconds;
         j["gptq_seconds"] = gptqSeconds;
+        j["gptq_tensor_seconds"] = gptqTensorSeconds;
+        j["other_tensor_seconds"] = otherSeconds;
         j["total_seconds"] = total;
         j["gptq_layers"] = gptqLayers;
         j["gptq_layers_on_cpu"] = onCpu;
@@ -194,6 +202,14 @@ int runBenchSequential(Args args)
         "             encoding, metrics)\n",
         q->quantizeSeconds, (long long)gptqLayers, gptqSeconds,
         onCpu ? (", " + std::to_string(onCpu) + " on the CPU").c_str() : "");
+    std::printf(
+        "             per tensor: %.2f s for the GPTQ tensors (%.2f s in GPTQ), %.2f s for "
+        "the others, %.2f s replacing weights; slowest:\n",
+        gptqTensorSeconds, gptqSeconds, otherSeconds,
+        std::max(0.0, q->quantizeSeconds - gptqTensorSeconds - otherSeconds));
+    for (const auto* t : slowest)
+        std::printf("               %-28s %7.3f s%s\n", t->plan.name.c_str(), t->seconds,
+                    t->gptq ? (" (GPTQ " + formatNumber(t->gptq->seconds, 3) + " s)").c_str() : "");
     std::printf("GPTQ/RTN     loss %.4f over all GPTQ layers\n",
                 rtnLoss > 0 ? loss / rtnLoss : 0.0);
     std::printf(

@@ -57,6 +57,9 @@ public:
     // Σ xᵀx over all tokens, channels × channels row-major, in double (float64 accumulation, or the
     // float32 accumulator widened).
     std::vector<double> hessian() const;
+    // The float32 accumulator itself (precision Float32), without hessian()'s double copy;
+    // empty for the other precisions.
+    std::span<const float> hessianF32() const { return m_hessianF32; }
 
     // Raw accumulators, for the session file.
     const std::vector<double>& sumAbs() const { return m_sumAbs; }

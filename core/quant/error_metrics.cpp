@@ -3,9 +3,11 @@
 // that the product runs as a matrix-matrix multiply.
 #include "quant/error_metrics.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include <Eigen/Dense>
 
@@ -23,14 +25,37 @@ Result<ErrorMetrics> computeErrorMetrics(std::span<const float> reference,
     ErrorMetrics m;
     m.count = std::int64_t(reference.size());
     if (m.count == 0) return m;
+    // Fixed chunks summed in order: the same result on any number of threads (a thread team
+    // only for large tensors, see util/serial_threads.h).
+    constexpr std::int64_t kChunk = std::int64_t(1) << 16;
+    const std::int64_t chunks = (m.count + kChunk - 1) / kChunk;
+    struct Part {
+        double se = 0, ss = 0, maxAbs = 0;
+        std::int64_t maxIndex = -1;
+    };
+    std::vector<Part> parts(static_cast<std::size_t>(chunks));
+#pragma omp parallel for schedule(static) if (chunks > 64)
+    for (std::int64_t c = 0; c < chunks; ++c) {
+        Part p;
+        const std::int64_t end = std::min(m.count, (c + 1) * kChunk);
+        for (std::int64_t i = c * kChunk; i < end; ++i) {
+            const double d = double(approx[std::size_t(i)]) - double(reference[std::size_t(i)]);
+            p.se += d * d;
+            p.ss += double(reference[std::size_t(i)]) * double(reference[std::size_t(i)]);
+            if (std::fabs(d) > p.maxAbs || (p.maxIndex < 0 && std::isnan(d))) {
+                p.maxAbs = std::fabs(d);
+                p.maxIndex = i;
+            }
+        }
+        parts[std::size_t(c)] = p;
+    }
     double se = 0, ss = 0;
-    for (std::size_t i = 0; i < reference.size(); ++i) {
-        const double d = double(approx[i]) - double(reference[i]);
-        se += d * d;
-        ss += double(reference[i]) * double(reference[i]);
-        if (std::fabs(d) > m.maxAbsError || (m.maxAbsIndex < 0 && std::isnan(d))) {
-            m.maxAbsError = std::fabs(d);
-            m.maxAbsIndex = std::int64_t(i);
+    for (const Part& p : parts) {
+        se += p.se;
+        ss += p.ss;
+        if (p.maxAbs > m.maxAbsError || (m.maxAbsIndex < 0 && p.maxIndex >= 0)) {
+            m.maxAbsError = p.maxAbs;
+            m.maxAbsIndex = p.maxIndex;
         }
     }
     m.mse = se / double(m.count);
