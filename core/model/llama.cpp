@@ -91,15 +91,34 @@ public:
             if (!r) return r.error();
             values = std::move(r).value();
         }
+        QL_TRY_STATUS(counted());
+        return values;
+    }
+
+    Status counted()
+    {
         ++m_done;
         if (!reportProgress(m_progress, double(m_done) / std::max<std::size_t>(1, m_total),
                             "preparing weights"))
             return makeError(ErrorCode::Cancelled, "preparing the weights was cancelled");
-        return values;
+        return {};
     }
 
     Status matrix(const TensorInfo& t, std::int64_t rows, std::int64_t cols, MatrixXfRowMajor& out)
     {
+        if (!m_override && t.shape == std::vector<std::int64_t>{rows, cols}) {
+            // Decoded straight into the matrix: no second float32 copy of the model.
+            try {
+                out.resize(rows, cols);
+            } catch (const std::bad_alloc&) {
+                return makeError(ErrorCode::OutOfMemory,
+                                 "out of memory for " + t.name + " (" +
+                                     std::to_string(rows * cols * 4 / (1024 * 1024)) + " MiB)");
+            }
+            QL_TRY_STATUS(dequantizeTensorInto(
+                m_model, t, std::span<float>(out.data(), std::size_t(out.size()))));
+            return counted();
+        }
         auto v = read(t, {rows, cols});
         if (!v) return v.error();
         out = Eigen::Map<const MatrixXfRowMajor>(v->data(), rows, cols);

@@ -403,6 +403,26 @@ Result<std::vector<float>> dequantizeTensor(const Model& model, const TensorInfo
     const std::int64_t count = tensor.elementCount();
     if (count < 0)
         return makeError(ErrorCode::Format, "tensor " + tensor.name + " has an invalid shape");
+    std::vector<float> out;
+    try {
+        out.resize(std::size_t(count));
+    } catch (const std::bad_alloc&) {
+        return makeError(ErrorCode::OutOfMemory,
+                         "out of memory decoding " + tensor.name + " (" +
+                             std::to_string(std::uint64_t(count) * 4 / (1024 * 1024)) + " MiB)");
+    } catch (const std::length_error&) {
+        return makeError(ErrorCode::OutOfMemory, "tensor " + tensor.name + " is too large");
+    }
+    QL_TRY_STATUS(dequantizeTensorInto(model, tensor, out, progress));
+    return out;
+}
+
+Status dequantizeTensorInto(const Model& model, const TensorInfo& tensor, std::span<float> out,
+                            const ProgressFn& progress)
+{
+    const std::int64_t count = tensor.elementCount();
+    if (count < 0)
+        return makeError(ErrorCode::Format, "tensor " + tensor.name + " has an invalid shape");
     if (!isKnownType(tensor.type))
         return makeError(ErrorCode::Unsupported, "tensor " + tensor.name + ": cannot decode type " +
                                                      std::string(tensorTypeName(tensor.type)));
@@ -423,17 +443,10 @@ Result<std::vector<float>> dequantizeTensor(const Model& model, const TensorInfo
                                                 std::to_string(*bytes) + " bytes lie outside " +
                                                 file.path());
     const std::uint8_t* src = file.data() + tensor.offset;
-
-    std::vector<float> out;
-    try {
-        out.resize(std::size_t(count));
-    } catch (const std::bad_alloc&) {
-        return makeError(ErrorCode::OutOfMemory,
-                         "out of memory decoding " + tensor.name + " (" +
-                             std::to_string(std::uint64_t(count) * 4 / (1024 * 1024)) + " MiB)");
-    } catch (const std::length_error&) {
-        return makeError(ErrorCode::OutOfMemory, "tensor " + tensor.name + " is too large");
-    }
+    if (out.size() != std::size_t(count))
+        return makeError(ErrorCode::InvalidArgument,
+                         "decoding " + tensor.name + ": " + std::to_string(count) +
+                             " values into room for " + std::to_string(out.size()));
 
     // Chunks of whole blocks, about 64 Ki elements: small enough to balance and to report
     // progress often, large enough that the shared counter costs nothing.
@@ -479,7 +492,7 @@ Result<std::vector<float>> dequantizeTensor(const Model& model, const TensorInfo
     if (cancelled)
         return makeError(ErrorCode::Cancelled, "decoding " + tensor.name + " was cancelled");
     reportProgress(progress, 1.0, what);
-    return out;
+    return {};
 }
 
 }  // namespace ql

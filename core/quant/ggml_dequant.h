@@ -27,5 +27,8 @@ Status dequantizeRow(TensorType type, std::span<const std::uint8_t> src, std::sp
 // Whole tensor, decoded in chunks on all cores; cancellable.
 Result<std::vector<float>> dequantizeTensor(const Model& model, const TensorInfo& tensor,
                                             const ProgressFn& progress = {});
+// The same into `out` (exactly the tensor's element count), e.g. a matrix's own storage.
+Status dequantizeTensorInto(const Model& model, const TensorInfo& tensor, std::span<float> out,
+                            const ProgressFn& progress = {});
 
 }  // namespace ql
