@@ -154,6 +154,8 @@ Result<SequentialQuantization> quantizeModelSequential(const Model& model, Llama
         options.gptqObserver->runStarted(start);
     }
 
+    QuantizeOptions tensorOptions = options;
+    tensorOptions.keepDecoded = true;  // the values that replace the weights
     auto quantizeOne = [&](std::size_t i, const CalibrationResult* calibration, double from,
                            double to) -> Status {
         const AddSeconds timed{out.quantizeSeconds};
@@ -161,14 +163,13 @@ Result<SequentialQuantization> quantizeModelSequential(const Model& model, Llama
         ProgressFn inner = [&](double f, std::string_view) {
             return report(from + (to - from) * f, p.name);
         };
-        auto t = quantizeTensor(model, p, calibration, options, inner);
+        auto t = quantizeTensor(model, p, calibration, tensorOptions, inner);
         if (!t) return t.error();
         if (!llama.weights().values(p.name).empty()) {
-            auto values = t->quantized.dequantize();
-            if (!values) return values.error();
-            QL_TRY_STATUS(llama.weights().replaceWeights(p.name, *values));
-            QL_TRY_STATUS(runner.replaceWeight(p.name, *values));
+            QL_TRY_STATUS(llama.weights().replaceWeights(p.name, t->decoded));
+            QL_TRY_STATUS(runner.replaceWeight(p.name, t->decoded));
         }
+        t->decoded = {};
         out.model.tensors[i] = std::move(t).value();
         finished[i] = true;
         return {};

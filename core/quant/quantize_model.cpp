@@ -416,6 +416,7 @@ Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& 
         rep.outputError = *err;
     }
     rep.storedBits = q.storedBits();
+    if (options.keepDecoded) out.decoded = std::move(approx).value();
     rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (options.observer) options.observer->tensorDone(rep);
     return out;

@@ -76,6 +76,8 @@ struct QuantizeOptions {
     // Where GPTQ runs (Backend::quantizeGptq: the GPU for the formats it has); null: core's
     // quantizeGptq on the CPU.
     Backend* backend = nullptr;
+    // quantizeTensor hands back the decoded values it measured (TensorQuantization::decoded).
+    bool keepDecoded = false;
 };
 
 // What AWQ reported for one tensor it scaled.
@@ -122,7 +124,8 @@ struct TensorReport {
 
 struct TensorQuantization {
     TensorReport report;
-    QuantizedTensor quantized;  // Float and llama.cpp formats hold their raw bytes in `blocks`
+    QuantizedTensor quantized;   // Float and llama.cpp formats hold their raw bytes in `blocks`
+    std::vector<float> decoded;  // quantized's values, with QuantizeOptions::keepDecoded only
 };
 
 // A partial model comes from a run cancelled with QuantizeOptions::partialOnCancel: the tensors
