@@ -6,6 +6,7 @@
 #include "cuda_context.h"
 #include "cuda_gptq.h"
 #include "cuda_llama_runner.h"
+#include "gptq.cuh"
 
 namespace ql::cuda {
 namespace {
@@ -23,11 +24,11 @@ public:
     Result<GptqResult> quantizeGptq(const float* w, std::int64_t rows, std::int64_t cols,
                                     std::span<const double> hessian, const QuantFormat& format,
                                     const GptqOptions& options, const float* importance,
-                                    const ProgressFn& progress) override
+                                    const ProgressFn& progress, const GptqMonitor& monitor) override
     {
         if (!gptqDeviceSupports(format)) {
-            auto r =
-                ql::quantizeGptq(w, rows, cols, hessian, format, options, importance, progress);
+            auto r = ql::quantizeGptq(w, rows, cols, hessian, format, options, importance, progress,
+                                      monitor);
             if (r)
                 r->note = "cpu: gptq on the GPU has no " + formatToString(format) +
                           " (uniform int2..int8 only)";
@@ -49,12 +50,21 @@ public:
         auto dH = DeviceBuffer<float>::allocate(std::size_t(cols * cols), &tracker,
                                                 "the Hessian for gptq");
         if (!dH) return dH.error();
-        std::vector<float> h(hessian.begin(), hessian.end());
         QL_TRY_STATUS(m_ctx->copyToDevice(dW->data(), w, std::size_t(rows * cols) * 4));
-        QL_TRY_STATUS(m_ctx->copyToDevice(dH->data(), h.data(), h.size() * 4));
-        h = {};
+        {
+            // The Hessian goes up as it is and becomes float on the device: no host copy.
+            auto dH64 = DeviceBuffer<double>::allocate(hessian.size(), &tracker,
+                                                       "the Hessian for gptq (double)");
+            if (!dH64) return dH64.error();
+            QL_TRY_STATUS(
+                m_ctx->copyToDevice(dH64->data(), hessian.data(), hessian.size() * sizeof(double)));
+            launchGptqToFloat(dH64->data(), std::int64_t(hessian.size()), dH->data(),
+                              m_ctx->stream());
+            QL_TRY_STATUS(CudaContext::checkLaunch("gptq Hessian"));
+            QL_TRY_STATUS(m_ctx->synchronize());
+        }
         return quantizeGptqDevice(*m_ctx, dW->data(), dH->data(), rows, cols, format, options,
-                                  progress);
+                                  progress, monitor);
     }
 
 private:

@@ -54,8 +54,6 @@ Loaded load()
     get(out.api.destroyParams, "cusolverDnDestroyParams");
     get(out.api.potrfBufferSize, "cusolverDnXpotrf_bufferSize");
     get(out.api.potrf, "cusolverDnXpotrf");
-    get(out.api.trtriBufferSize, "cusolverDnXtrtri_bufferSize");
-    get(out.api.trtri, "cusolverDnXtrtri");
     return out;  // the library stays loaded for the life of the process
 }
 

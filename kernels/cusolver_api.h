@@ -1,7 +1,9 @@
 // cuSOLVER, loaded on first use (dlopen) instead of linked: linking it maps libcusolver and its
 // dependencies (cuSPARSE, nvJitLink) into every quantlens-cli process, about 30 MB of resident
 // memory that `bench open`'s 200 MB budget has no room for, although only GPTQ factorizes. The
-// functions keep cuSOLVER's own signatures (decltype of the header's declarations).
+// functions keep cuSOLVER's own signatures (decltype of the header's declarations). GPTQ needs
+// only the Cholesky factorization: the 64-bit API's Xpotrf takes the data type as an argument,
+// so one entry point serves spotrf (CUDA_R_32F) and dpotrf (CUDA_R_64F).
 #pragma once
 
 #include <cusolverDn.h>
@@ -18,8 +20,6 @@ struct CusolverApi {
     decltype(&cusolverDnDestroyParams) destroyParams = nullptr;
     decltype(&cusolverDnXpotrf_bufferSize) potrfBufferSize = nullptr;
     decltype(&cusolverDnXpotrf) potrf = nullptr;
-    decltype(&cusolverDnXtrtri_bufferSize) trtriBufferSize = nullptr;
-    decltype(&cusolverDnXtrtri) trtri = nullptr;
 };
 
 // The library's functions (loaded once per process; thread-safe). Error: Unsupported, naming

@@ -1,14 +1,17 @@
 // GPTQ kernels (see gptq.cuh for layouts and cuda_gptq.cpp for the algorithm around them).
 //
-// The column loop: rows are independent in GPTQ (the error of row r only feeds row r), so one
-// thread owns one row. A CTA of kGptqRowsPerCta rows holds the block's U (count x count, stored
-// so that every thread reads the same word: a broadcast) and its rows' block of weights (column
-// j of thread t at [j * T + t]: no bank conflicts) in shared memory. Quantizing position i writes
-// its error into the slot the weight held, so the slots before i are the errors the pending
-// update of a later unit's columns needs. Scale groups are fitted per row from that row's current
-// weights with the CPU codec's float expressions (min/max from 0, fp16 scales by round to nearest
-// even, rint ties to even), and rounding picks the nearest grid value, ties to the lower value,
-// exactly as core/quant/gptq.cpp's level tables do.
+// The column loop: rows are independent in GPTQ (row r's errors only feed row r), so a row is
+// owned by kLanes lanes of a warp (4 rows per warp), each holding kSlots of the block's columns in
+// registers: the original weight and the left-looking accumulator acc_k = sum_{j<k} D_j F_jk. At
+// column i the owner lane forms w_i = w0_i + acc_i / F_ii, broadcasts it (shuffle), every lane
+// rounds it and adds D_i F_ik to its own later columns (F's row i read from shared memory as
+// float4s, the same words for the 4 rows of a warp): no block-wide barrier per column. Scale
+// groups are fitted per row with the CPU codec's float expressions (min/max from 0, fp16 scales
+// by round to nearest even, rint ties to even), and rounding picks the nearest grid value, ties
+// to the lower value, exactly as core/quant/gptq.cpp's level tables do. A unit fitted at column
+// i needs the current (right-looking) weights of its other columns, which the left-looking
+// accumulators are not: inside the block a triangular solve with F's block gives them
+// (fitUnit), beyond it gptq_plan.h's rows of U do.
 #include <cuda_fp16.h>
 
 #include <cfloat>
@@ -129,30 +132,35 @@ __global__ void permuteInKernel(const float* __restrict__ w, const std::int32_t*
     }
 }
 
-__global__ void permuteOutKernel(const float* __restrict__ wc,
-                                 const std::uint8_t* __restrict__ codesC,
-                                 const std::int32_t* __restrict__ perm, std::int64_t rows,
-                                 std::int64_t cols, float* __restrict__ out,
+__global__ void permuteOutKernel(const std::uint8_t* __restrict__ codesC,
+                                 const std::int32_t* __restrict__ perm,
+                                 const float* __restrict__ scales,
+                                 const std::int32_t* __restrict__ zeros, GptqGrid grid,
+                                 std::int64_t rows, std::int64_t cols, float* __restrict__ out,
                                  std::uint8_t* __restrict__ codesOut)
 {
-    __shared__ float tile[32][33];
     __shared__ std::uint8_t ctile[32][33];
     const std::int64_t p0 = std::int64_t(blockIdx.x) * 32, r0 = std::int64_t(blockIdx.y) * 32;
     const int tx = threadIdx.x, ty = threadIdx.y;
     for (int k = ty; k < 32; k += 8) {
         const std::int64_t r = r0 + tx, p = p0 + k;
-        if (p < cols && r < rows) {
-            tile[k][tx] = wc[p * rows + r];
-            ctile[k][tx] = codesC[p * rows + r];
-        }
+        if (p < cols && r < rows) ctile[k][tx] = codesC[p * rows + r];
     }
     __syncthreads();
+    const int offset = grid.symmetric ? 1 << (grid.bits - 1) : 0;
+    const int unitLen = int(grid.unitLen);
     for (int k = ty; k < 32; k += 8) {
         const std::int64_t p = p0 + tx, r = r0 + k;
         if (p < cols && r < rows) {
-            const std::int64_t at = r * cols + perm[p];
-            out[at] = tile[tx][k];
-            codesOut[at] = ctile[tx][k];
+            const int c = perm[p];
+            const std::uint8_t code = ctile[tx][k];
+            const std::int64_t gi = grid.perTensor ? 0 : r * grid.groupsPerRow + c / unitLen;
+            Grid1 g;
+            g.scale = scales[gi];
+            g.zero = grid.symmetric ? 0 : zeros[gi];
+            const std::int64_t at = r * cols + c;
+            out[at] = levelValue(g, int(code) - offset);
+            codesOut[at] = code;
         }
     }
 }
@@ -172,10 +180,18 @@ __global__ void checkFiniteKernel(const float* __restrict__ x, std::int64_t n, i
     if (bad) atomicExch(flag, 1);
 }
 
+__global__ void toFloatKernel(const double* __restrict__ x, std::int64_t n, float* __restrict__ out)
+{
+    for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += std::int64_t(gridDim.x) * blockDim.x)
+        out[i] = float(x[i]);
+}
+
+template <class T>
 __global__ void factorInputKernel(const float* __restrict__ h,
                                   const std::int32_t* __restrict__ perm,
                                   const std::uint8_t* __restrict__ dead, std::int64_t n,
-                                  double damp, double* __restrict__ r)
+                                  double damp, T* __restrict__ r)
 {
     const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // row of R
     const std::int64_t j = std::int64_t(blockIdx.y) * blockDim.y + threadIdx.y;  // column of R
@@ -184,22 +200,70 @@ __global__ void factorInputKernel(const float* __restrict__ h,
     // H(b, a) = H(a, b): reading along a row of H keeps the loads coalesced without act-order.
     double v = (a == b && dead[a]) ? 1.0 : double(h[std::int64_t(b) * n + a]);
     if (i == j) v += damp;
-    r[j * n + i] = v;
+    r[j * n + i] = T(v);
 }
 
-__global__ void extractUKernel(const double* __restrict__ linv, std::int64_t n,
-                               float* __restrict__ u, int* bad)
+// A 32 x 32 tile of F per CTA (32 x 8 threads), transposed through shared memory: the reads of
+// L run down its columns, the writes along F's rows.
+template <class T>
+__global__ void extractFKernel(const T* __restrict__ l, std::int64_t n,
+                               const float* __restrict__ diag,
+                               const std::int32_t* __restrict__ perm,
+                               const std::uint8_t* __restrict__ dead, double damp, double minPivot,
+                               float* __restrict__ f, float* __restrict__ fDiag,
+                               float* __restrict__ fInv, int* flags)
 {
-    const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // row of U
-    const std::int64_t j = std::int64_t(blockIdx.y) * blockDim.y + threadIdx.y;  // column of U
-    if (i >= n || j >= n) return;
-    float v = 0.0f;
-    if (j >= i) {
-        const double x = linv[(n - 1 - j) * n + (n - 1 - i)];
-        v = float(x);
-        if (!isfinite(v) || (i == j && !(v > 0.0f))) atomicExch(bad, 1);
+    __shared__ float tile[32][33];  // tile[k - k0][i - i0] = F(i, k)
+    const std::int64_t k0 = std::int64_t(blockIdx.x) * 32, i0 = std::int64_t(blockIdx.y) * 32;
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    bool bad = false, small = false;
+    for (int kk = ty; kk < 32; kk += 8) {
+        const std::int64_t i = i0 + tx, k = k0 + kk;
+        float v = 0.0f;
+        if (i < n && k < n && k >= i) {
+            const T x = l[(n - 1 - k) * n + (n - 1 - i)];
+            v = float(x);
+            bad = bad || !isfinite(v);
+            if (i == k) {
+                bad = bad || !(x > T(0));
+                fDiag[i] = v;
+                fInv[i] = float(T(1) / x);
+                const std::int32_t c = perm[i];
+                const double hd = (dead[c] ? 1.0 : double(diag[c])) + damp;
+                small = small || double(x) * double(x) < minPivot * hd;
+            }
+        }
+        tile[kk][tx] = v;
     }
-    u[j * n + i] = v;
+    __syncthreads();
+    for (int ii = ty; ii < 32; ii += 8) {
+        const std::int64_t i = i0 + ii, k = k0 + tx;
+        if (i < n && k < n) f[i * n + k] = tile[tx][ii];
+    }
+    if (bad) atomicExch(flags, 1);
+    if (small) atomicExch(flags + 1, 1);
+}
+
+template <class T>
+__global__ void unitRowsKernel(T* __restrict__ y, std::int64_t m, std::int64_t n)
+{
+    for (std::int64_t idx = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < m * n;
+         idx += std::int64_t(gridDim.x) * blockDim.x) {
+        const std::int64_t i = idx % m, j = idx / m;
+        y[idx] = j == n - 1 - i ? T(1) : T(0);
+    }
+}
+
+template <class T>
+__global__ void gatherURowsKernel(const T* __restrict__ y, std::int64_t m, std::int64_t n,
+                                  const std::int32_t* __restrict__ at, std::int64_t count,
+                                  float* __restrict__ uc)
+{
+    for (std::int64_t idx = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < m * count;
+         idx += std::int64_t(gridDim.x) * blockDim.x) {
+        const std::int64_t i = idx % m, j = idx / m;
+        uc[idx] = float(y[(n - 1 - at[j]) * m + i]);
+    }
 }
 
 // One block, any n: min/max starting from 0 (uniform.cpp's minMax).
@@ -259,98 +323,225 @@ __global__ void fitAllKernel(const float* __restrict__ wc, const std::int32_t* _
 
 // ---- the column loop --------------------------------------------------------------------------
 
-__global__ void __launch_bounds__(kGptqLoadThreads) blockKernel(GptqBlockArgs a)
-{
-    extern __shared__ float smem[];
-    constexpr int T = kGptqRowsPerCta;  // rows of the CTA; its first warp computes them
-    const int count = a.count;
-    float* us = smem;                  // us[j * count + i] = U(i1 + i, i1 + j)
-    float* ws = smem + count * count;  // ws[j * T + t]: weight (then error) of column i1 + j
-    int* meta = reinterpret_cast<int*>(ws + count * T);  // perm, then fitAt, of the block
-    const int tid = threadIdx.x;
-    const std::int64_t row0 = std::int64_t(blockIdx.x) * T;
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int kLanes = 8;                                // lanes per row
+constexpr int kSlots = kGptqMaxBlock / kLanes;           // columns per lane
+constexpr int kBlockThreads = kGptqRowsPerCta * kLanes;  // 256
+constexpr int kEsStride = kGptqMaxBlock + 1;             // a row's slots in `es`, padded
+static_assert(kSlots == 16 && kLanes * 4 == 32, "slotColumn assumes 4 float4 per lane");
 
-    // Every thread of the CTA loads; the global reads are coalesced along i, resp. rows.
-#pragma unroll 4
-    for (int idx = tid; idx < count * count; idx += kGptqLoadThreads) {
-        const int j = idx / count, i = idx % count;
-        us[idx] = i <= j ? a.u[(a.i1 + j) * a.cols + a.i1 + i] : 0.0f;
+// Column (within the block) of slot m of lane l: the 8 lanes of a row read a row of F's block as
+// 4 float4 loads of 8 consecutive float4s, conflict-free.
+__device__ __forceinline__ int slotColumn(int m, int l)
+{
+    return 32 * (m / 4) + 4 * l + (m % 4);
+}
+
+struct BlockShared {
+    float* fs;   // kGptqMaxBlock^2: fs[i * kGptqMaxBlock + k] = F(i1 + i, i1 + k) for k > i, else 0
+    float* es;   // kGptqRowsPerCta x kEsStride: per row, e of the block's done columns
+    float* ws;   // the same: per row, w0 of the columns not done yet (while fitting)
+    float* fd;   // F_ii
+    float* fi;   // 1 / F_ii
+    int* unit;   // unit of the block's columns
+    int* fitAt;  // unit fitted before the column, or -1
+};
+
+__device__ __forceinline__ BlockShared blockShared(float* smem)
+{
+    BlockShared s;
+    s.fs = smem;
+    s.es = s.fs + kGptqMaxBlock * kGptqMaxBlock;
+    s.ws = s.es + kGptqRowsPerCta * kEsStride;
+    s.fd = s.ws + kGptqRowsPerCta * kEsStride;
+    s.fi = s.fd + kGptqMaxBlock;
+    s.unit = reinterpret_cast<int*>(s.fi + kGptqMaxBlock);
+    s.fitAt = s.unit + kGptqMaxBlock;
+    return s;
+}
+
+// Fits unit u before block column i for one row (its 8 lanes together, a warp-uniform call),
+// from the row's current weights, and returns the grid (scale and zero point written to the
+// row's slot). On entry, for k >= i: myE[k] = acc_k and myW[k] = w0_k; myE[k] for k < i holds
+// the block's scaled errors so far.
+//  * in the block, the current weight of column k is w0_k + y_k / F_kk with the forward
+//    substitution y_k = acc_k - sum_{i<=j<k} (y_j / F_jj) F_jk (A F[i:, i:]^-1, the block part);
+//  * beyond it (gptq_plan.h): w0_k - E[:, 0:i1+i] U[0:i1+i, k], the first i1 terms in `pre`,
+//    the rest from this block's errors.
+// min/max start from 0, as the CPU codec's.
+__device__ __forceinline__ Grid1 fitUnit(const GptqBlockArgs& a, const BlockShared& sh, float* myE,
+                                         const float* myW, int i, int u, int l, std::int64_t r,
+                                         bool active)
+{
+    __syncwarp();
+    // The solve only needs the columns up to the unit's last one in the block.
+    int end = i + 1;
+    for (int k = i + l; k < a.count; k += kLanes)
+        if (sh.unit[k] == u) end = k + 1;
+    for (int o = 1; o < kLanes; o <<= 1) end = max(end, __shfl_xor_sync(kFull, end, o));
+    const int count = end;
+    for (int j = i; j < count; ++j) {
+        const float yj = myE[j] * sh.fi[j];
+        const float* frow = sh.fs + j * kGptqMaxBlock;
+        for (int k = j + 1 + l; k < count; k += kLanes) myE[k] = fmaf(-yj, frow[k], myE[k]);
+        __syncwarp();
     }
-#pragma unroll 4
-    for (int idx = tid; idx < count * T; idx += kGptqLoadThreads) {
-        const int j = idx / T;
-        const std::int64_t rr = row0 + idx % T;
-        ws[idx] = rr < a.rows ? a.wc[(a.i1 + j) * a.rows + rr] : 0.0f;
+    float lo = 0.0f, hi = 0.0f;
+    for (int k = i + l; k < count; k += kLanes) {
+        if (sh.unit[k] != u) continue;
+        // As the column's own weight in blockKernel when k == i (y_i = acc_i).
+        const float v = fmaf(myE[k], sh.fi[k], myW[k]);
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
     }
-    for (int idx = tid; idx < count; idx += kGptqLoadThreads) {
-        meta[idx] = a.perm[a.i1 + idx];
-        meta[count + idx] = a.fitAt[a.i1 + idx];
+    if (active && a.beyond) {
+        const int b0 = a.unitBeyond[2 * u], b1 = a.unitBeyond[2 * u + 1];
+        for (int q = b0 + l; q < b1; q += kLanes) {
+            const std::int64_t k = a.beyond[q];
+            float v = a.wc[k * a.rows + r];
+            if (a.pre) v -= a.pre[(q - a.preFirst) * a.rows + r];
+            const float* uk = a.uRowsAt + std::int64_t(q) * a.uRows + a.i1;
+            for (int j = 0; j < i; ++j) v = fmaf(-myE[j], uk[j], v);
+            if (v < lo) lo = v;
+            if (v > hi) hi = v;
+        }
+    }
+    for (int o = 1; o < kLanes; o <<= 1) {
+        const float olo = __shfl_xor_sync(kFull, lo, o);
+        const float ohi = __shfl_xor_sync(kFull, hi, o);
+        if (olo < lo) lo = olo;
+        if (ohi > hi) hi = ohi;
+    }
+    const Grid1 g = fitGrid(lo, hi, a.grid);
+    if (active && l == 0) {
+        const std::int64_t gi = r * a.grid.groupsPerRow + u;
+        a.scales[gi] = g.scale;
+        if (!a.grid.symmetric) a.zeros[gi] = g.zero;
+    }
+    __syncwarp();  // the row's other lanes may read the grid back from memory later
+    return g;
+}
+
+__global__ void __launch_bounds__(kBlockThreads, 2) blockKernel(GptqBlockArgs a)
+{
+    extern __shared__ float4 smem4[];
+    const BlockShared sh = blockShared(reinterpret_cast<float*>(smem4));
+    const int tid = threadIdx.x, count = a.count;
+    const std::int64_t i1 = a.i1, rows = a.rows, n = a.cols;
+
+    for (int idx = tid; idx < kGptqMaxBlock * kGptqMaxBlock; idx += kBlockThreads) {
+        const int i = idx / kGptqMaxBlock, k = idx % kGptqMaxBlock;
+        sh.fs[idx] = (i < k && k < count) ? a.f[(i1 + i) * n + i1 + k] : 0.0f;
+    }
+    for (int idx = tid; idx < count; idx += kBlockThreads) {
+        sh.fd[idx] = a.fDiag[i1 + idx];
+        sh.fi[idx] = a.fInv[i1 + idx];
+        sh.unit[idx] = int(a.perm[i1 + idx] / a.grid.unitLen);
+        sh.fitAt[idx] = a.fitAt[i1 + idx];
     }
     __syncthreads();
-    if (tid >= T) return;
 
-    const int t = tid;
-    const std::int64_t r = row0 + t;
-    const bool active = r < a.rows;
+    const int lane = tid & 31, l = lane & (kLanes - 1), base = lane & ~(kLanes - 1);
+    const int rowInCta = tid / kLanes;
+    const std::int64_t r = std::int64_t(blockIdx.x) * kGptqRowsPerCta + rowInCta;
+    const bool active = r < rows;
+    float* myE = sh.es + rowInCta * kEsStride;
     const GptqGrid& grid = a.grid;
+    const std::int64_t rowGroups = grid.perTensor ? 0 : r * grid.groupsPerRow;
+
+    // The row's slots: w holds w0 until the column is done, then D = w0 - q.
+    float w[kSlots], acc[kSlots];
+    unsigned codeWords[kSlots / 4] = {};
+#pragma unroll
+    for (int m = 0; m < kSlots; ++m) {
+        const int k = slotColumn(m, l);
+        w[m] = 0.0f;
+        acc[m] = 0.0f;
+        if (active && k < count) {
+            w[m] = a.wc[(i1 + k) * rows + r];
+            float s = 0.0f;
+            for (int part = 0; part < a.accParts; ++part)
+                s += a.acc[(std::int64_t(part) * kGptqMaxBlock + k) * rows + r];
+            acc[m] = s;
+        }
+    }
+
     const int qmin = codeMin(grid), qmax = codeMax(grid);
     const int offset = grid.symmetric ? 1 << (grid.bits - 1) : 0;
+    std::int64_t cachedGi = -1;  // the grid in g belongs to scale slot cachedGi
+    Grid1 g{0.0f, 0};
     double loss = 0.0;
-    if (active) {
-        std::int64_t cachedGi = -1;  // the grid in g belongs to scale slot cachedGi
-        Grid1 g{0.0f, 0};
-        for (int i = 0; i < count; ++i) {
-            const std::int64_t p = a.i1 + i;
-            const std::int64_t c = meta[i];
-            const std::int64_t gi = grid.perTensor ? 0 : r * grid.groupsPerRow + c / grid.unitLen;
-            const int unitToFit = meta[count + i];
-            if (unitToFit >= 0) {
-                // The unit's current weights: in-block columns hold their in-block updates;
-                // columns beyond the block still lack this block's update from the i errors
-                // so far (slots 0..i-1 of ws). The unit holds column c (fitAt is its first).
-                const std::int64_t c0 = std::int64_t(unitToFit) * grid.unitLen;
-                const std::int64_t c1 = min(a.cols, c0 + grid.unitLen);
-                float lo = 0.0f, hi = 0.0f;
-                for (std::int64_t cc = c0; cc < c1; ++cc) {
-                    const std::int64_t pc = a.pos[cc];
-                    float v;
-                    if (pc < a.i1 + count) {
-                        v = ws[(pc - a.i1) * T + t];
-                    } else {
-                        v = a.wc[pc * a.rows + r];
-                        const float* ucol = a.u + pc * a.cols + a.i1;
-#pragma unroll 8
-                        for (int k = 0; k < i; ++k) v = fmaf(-ws[k * T + t], ucol[k], v);
+#pragma unroll
+    for (int c = 0; c < kSlots / 4; ++c) {
+#pragma unroll 1
+        for (int owner = 0; owner < kLanes; ++owner) {
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) {
+                const int m = 4 * c + kk;  // the owner's slot of column i
+                const int i = 32 * c + 4 * owner + kk;
+                if (i >= count) continue;
+                const int fitHere = sh.fitAt[i];
+                if (fitHere >= 0) {
+                    // Fit the unit on its current weights (warp-uniform: every row fits here).
+                    float* myW = sh.ws + rowInCta * kEsStride;
+#pragma unroll
+                    for (int m2 = 0; m2 < kSlots; ++m2) {
+                        const int k = slotColumn(m2, l);
+                        if (k >= i && k < count) {
+                            myE[k] = acc[m2];
+                            myW[k] = w[m2];
+                        }
                     }
-                    if (v < lo) lo = v;
-                    if (v > hi) hi = v;
+                    g = fitUnit(a, sh, myE, myW, i, fitHere, l, r, active);
+                    cachedGi = rowGroups + fitHere;
                 }
-                g = fitGrid(lo, hi, grid);
-                a.scales[gi] = g.scale;
-                if (!grid.symmetric) a.zeros[gi] = g.zero;
-                cachedGi = gi;
-            } else if (gi != cachedGi) {
-                g.scale = a.scales[gi];
-                g.zero = grid.symmetric ? 0 : a.zeros[gi];
-                cachedGi = gi;
+                const std::int64_t gi = grid.perTensor ? 0 : rowGroups + sh.unit[i];
+                if (gi != cachedGi) {
+                    if (active) {
+                        g.scale = a.scales[gi];
+                        g.zero = grid.symmetric ? 0 : a.zeros[gi];
+                    }
+                    cachedGi = gi;
+                }
+                const float x = __shfl_sync(kFull, fmaf(acc[m], sh.fi[i], w[m]), base + owner);
+                const float w0 = __shfl_sync(kFull, w[m], base + owner);
+                float q;
+                const int code = nearestCode(x, g, qmin, qmax, q);
+                const float d = w0 - q;
+                if (l == owner) {
+                    w[m] = d;
+                    codeWords[c] |= unsigned(code + offset) << (8 * kk);
+                    const double e = (double(x) - double(q)) * double(sh.fd[i]);
+                    if (active) loss += e * e;
+                    myE[i] = float(e);
+                }
+                const float4* frow = reinterpret_cast<const float4*>(sh.fs + i * kGptqMaxBlock);
+#pragma unroll
+                for (int cc = 0; cc < 4; ++cc) {
+                    const float4 f4 = frow[cc * kLanes + l];
+                    acc[4 * cc + 0] = fmaf(d, f4.x, acc[4 * cc + 0]);
+                    acc[4 * cc + 1] = fmaf(d, f4.y, acc[4 * cc + 1]);
+                    acc[4 * cc + 2] = fmaf(d, f4.z, acc[4 * cc + 2]);
+                    acc[4 * cc + 3] = fmaf(d, f4.w, acc[4 * cc + 3]);
+                }
             }
-            const float x = ws[i * T + t];
-            float q;
-            const int code = nearestCode(x, g, qmin, qmax, q);
-            const float d = us[i * count + i];
-            const float e = float((double(x) - double(q)) / double(d));
-            loss += double(e) * double(e);
-            a.codes[p * a.rows + r] = std::uint8_t(code + offset);
-            a.wc[p * a.rows + r] = q;
-            a.err[std::int64_t(i) * a.rows + r] = e;
-            ws[i * T + t] = e;
-#pragma unroll 8
-            for (int j = i + 1; j < count; ++j)
-                ws[j * T + t] = fmaf(-e, us[j * count + i], ws[j * T + t]);
+        }
+    }
+
+    if (active) {
+#pragma unroll
+        for (int m = 0; m < kSlots; ++m) {
+            const int k = slotColumn(m, l);
+            if (k < count) {
+                const std::int64_t at = (i1 + k) * rows + r;
+                a.wc[at] = w[m];
+                a.codes[at] = std::uint8_t(codeWords[m / 4] >> (8 * (m % 4)));
+                if (i1 + k < a.uRows) a.e[at] = myE[k];
+            }
         }
     }
     loss = warpSum(loss);
-    if (t == 0 && loss != 0.0) atomicAdd(a.loss, loss);
+    if (lane == 0 && loss != 0.0) atomicAdd(a.loss, loss);
 }
 
 // ---- metrics ----------------------------------------------------------------------------------
@@ -406,28 +597,6 @@ __global__ void dotKernel(const float* __restrict__ a, const float* __restrict__
     if ((threadIdx.x & 31) == 0 && s != 0.0) atomicAdd(out, s);
 }
 
-__global__ void decodeCheckKernel(const float* __restrict__ q,
-                                  const std::uint8_t* __restrict__ codes,
-                                  const float* __restrict__ scales,
-                                  const std::int32_t* __restrict__ zeros, std::int64_t rows,
-                                  std::int64_t cols, GptqGrid grid, unsigned long long* mismatches)
-{
-    const std::int64_t n = rows * cols;
-    const int offset = grid.symmetric ? 1 << (grid.bits - 1) : 0;
-    unsigned long long bad = 0;
-    for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-         i += std::int64_t(gridDim.x) * blockDim.x) {
-        const std::int64_t r = i / cols, c = i % cols;
-        const std::int64_t gi = grid.perTensor ? 0 : r * grid.groupsPerRow + c / grid.unitLen;
-        Grid1 g;
-        g.scale = scales[gi];
-        g.zero = grid.symmetric ? 0 : zeros[gi];
-        const float v = levelValue(g, int(codes[i]) - offset);
-        if (__float_as_uint(v) != __float_as_uint(q[i])) ++bad;
-    }
-    if (bad) atomicAdd(mismatches, bad);
-}
-
 unsigned gridFor(std::int64_t n, int threads, unsigned cap = 65535u * 8)
 {
     const std::int64_t b = (n + threads - 1) / threads;
@@ -443,12 +612,14 @@ void launchGptqPermuteIn(const float* w, const std::int32_t* perm, const std::ui
     permuteInKernel<<<grid, block, 0, stream>>>(w, perm, dead, rows, cols, wc);
 }
 
-void launchGptqPermuteOut(const float* wc, const std::uint8_t* codesC, const std::int32_t* perm,
-                          std::int64_t rows, std::int64_t cols, float* out, std::uint8_t* codesOut,
+void launchGptqPermuteOut(const std::uint8_t* codesC, const std::int32_t* perm, const float* scales,
+                          const std::int32_t* zeros, GptqGrid grid, std::int64_t rows,
+                          std::int64_t cols, float* out, std::uint8_t* codesOut,
                           cudaStream_t stream)
 {
-    const dim3 block(32, 8), grid(unsigned((cols + 31) / 32), unsigned((rows + 31) / 32));
-    permuteOutKernel<<<grid, block, 0, stream>>>(wc, codesC, perm, rows, cols, out, codesOut);
+    const dim3 block(32, 8), g(unsigned((cols + 31) / 32), unsigned((rows + 31) / 32));
+    permuteOutKernel<<<g, block, 0, stream>>>(codesC, perm, scales, zeros, grid, rows, cols, out,
+                                              codesOut);
 }
 
 void launchGptqDiag(const float* h, std::int64_t n, float* diag, cudaStream_t stream)
@@ -461,17 +632,82 @@ void launchGptqCheckFinite(const float* x, std::int64_t n, int* flag, cudaStream
     checkFiniteKernel<<<gridFor(n, kThreads, 4096), kThreads, 0, stream>>>(x, n, flag);
 }
 
+void launchGptqToFloat(const double* x, std::int64_t n, float* out, cudaStream_t stream)
+{
+    toFloatKernel<<<gridFor(n, kThreads, 8192), kThreads, 0, stream>>>(x, n, out);
+}
+
+namespace {
+
+template <class T>
+void factorInput(const float* h, const std::int32_t* perm, const std::uint8_t* dead, std::int64_t n,
+                 double damp, T* r, cudaStream_t stream)
+{
+    const dim3 block(32, 8), grid(unsigned((n + 31) / 32), unsigned((n + 7) / 8));
+    factorInputKernel<T><<<grid, block, 0, stream>>>(h, perm, dead, n, damp, r);
+}
+
+template <class T>
+void extractF(const T* l, std::int64_t n, const float* diag, const std::int32_t* perm,
+              const std::uint8_t* dead, double damp, double minPivot, float* f, float* fDiag,
+              float* fInv, int* flags, cudaStream_t stream)
+{
+    const dim3 block(32, 8), grid(unsigned((n + 31) / 32), unsigned((n + 31) / 32));
+    extractFKernel<T>
+        <<<grid, block, 0, stream>>>(l, n, diag, perm, dead, damp, minPivot, f, fDiag, fInv, flags);
+}
+
+}  // namespace
+
 void launchGptqFactorInput(const float* h, const std::int32_t* perm, const std::uint8_t* dead,
                            std::int64_t n, double damp, double* r, cudaStream_t stream)
 {
-    const dim3 block(32, 8), grid(unsigned((n + 31) / 32), unsigned((n + 7) / 8));
-    factorInputKernel<<<grid, block, 0, stream>>>(h, perm, dead, n, damp, r);
+    factorInput(h, perm, dead, n, damp, r, stream);
 }
 
-void launchGptqExtractU(const double* linv, std::int64_t n, float* u, int* bad, cudaStream_t stream)
+void launchGptqFactorInput(const float* h, const std::int32_t* perm, const std::uint8_t* dead,
+                           std::int64_t n, double damp, float* r, cudaStream_t stream)
 {
-    const dim3 block(32, 8), grid(unsigned((n + 31) / 32), unsigned((n + 7) / 8));
-    extractUKernel<<<grid, block, 0, stream>>>(linv, n, u, bad);
+    factorInput(h, perm, dead, n, damp, r, stream);
+}
+
+void launchGptqExtractF(const double* l, std::int64_t n, const float* diag,
+                        const std::int32_t* perm, const std::uint8_t* dead, double damp,
+                        double minPivot, float* f, float* fDiag, float* fInv, int* flags,
+                        cudaStream_t stream)
+{
+    extractF(l, n, diag, perm, dead, damp, minPivot, f, fDiag, fInv, flags, stream);
+}
+
+void launchGptqExtractF(const float* l, std::int64_t n, const float* diag, const std::int32_t* perm,
+                        const std::uint8_t* dead, double damp, double minPivot, float* f,
+                        float* fDiag, float* fInv, int* flags, cudaStream_t stream)
+{
+    extractF(l, n, diag, perm, dead, damp, minPivot, f, fDiag, fInv, flags, stream);
+}
+
+void launchGptqUnitRows(double* y, std::int64_t m, std::int64_t n, cudaStream_t stream)
+{
+    unitRowsKernel<<<gridFor(m * n, kThreads, 8192), kThreads, 0, stream>>>(y, m, n);
+}
+
+void launchGptqUnitRows(float* y, std::int64_t m, std::int64_t n, cudaStream_t stream)
+{
+    unitRowsKernel<<<gridFor(m * n, kThreads, 8192), kThreads, 0, stream>>>(y, m, n);
+}
+
+void launchGptqGatherURows(const double* y, std::int64_t m, std::int64_t n, const std::int32_t* at,
+                           std::int64_t count, float* uc, cudaStream_t stream)
+{
+    gatherURowsKernel<<<gridFor(m * count, kThreads, 8192), kThreads, 0, stream>>>(y, m, n, at,
+                                                                                   count, uc);
+}
+
+void launchGptqGatherURows(const float* y, std::int64_t m, std::int64_t n, const std::int32_t* at,
+                           std::int64_t count, float* uc, cudaStream_t stream)
+{
+    gatherURowsKernel<<<gridFor(m * count, kThreads, 8192), kThreads, 0, stream>>>(y, m, n, at,
+                                                                                   count, uc);
 }
 
 void launchGptqMinMax(const float* x, std::int64_t n, float* lohi, cudaStream_t stream)
@@ -493,19 +729,26 @@ void launchGptqFitAll(const float* wc, const std::int32_t* pos, std::int64_t row
     fitAllKernel<<<g, 128, 0, stream>>>(wc, pos, rows, cols, grid, scales, zeros);
 }
 
+std::size_t gptqBlockSharedBytes()
+{
+    return (std::size_t(kGptqMaxBlock) * kGptqMaxBlock +
+            2 * std::size_t(kGptqRowsPerCta) * kEsStride + 2 * kGptqMaxBlock) *
+               sizeof(float) +
+           2 * kGptqMaxBlock * sizeof(int);
+}
+
 cudaError_t launchGptqBlock(const GptqBlockArgs& args, cudaStream_t stream)
 {
-    const std::size_t shared = gptqBlockSharedBytes(args.count);
+    const std::size_t shared = gptqBlockSharedBytes();
     static bool attributeSet = false;  // set once per process (one device in use)
     if (!attributeSet) {
-        const int most = int(gptqBlockSharedBytes(kGptqMaxBlock));
-        const cudaError_t err =
-            cudaFuncSetAttribute(blockKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, most);
+        const cudaError_t err = cudaFuncSetAttribute(
+            blockKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
         if (err != cudaSuccess) return err;
         attributeSet = true;
     }
     const unsigned ctas = unsigned((args.rows + kGptqRowsPerCta - 1) / kGptqRowsPerCta);
-    blockKernel<<<ctas, kGptqLoadThreads, shared, stream>>>(args);
+    blockKernel<<<ctas, kBlockThreads, shared, stream>>>(args);
     return cudaGetLastError();
 }
 
@@ -528,14 +771,6 @@ void launchGptqDiff(const float* a, const float* b, const std::uint8_t* dead, st
 void launchGptqDot(const float* a, const float* b, std::int64_t n, double* out, cudaStream_t stream)
 {
     dotKernel<<<gridFor(n, kThreads, 4096), kThreads, 0, stream>>>(a, b, n, out);
-}
-
-void launchGptqDecodeCheck(const float* q, const std::uint8_t* codes, const float* scales,
-                           const std::int32_t* zeros, std::int64_t rows, std::int64_t cols,
-                           GptqGrid grid, unsigned long long* mismatches, cudaStream_t stream)
-{
-    decodeCheckKernel<<<gridFor(rows * cols, kThreads, 4096), kThreads, 0, stream>>>(
-        q, codes, scales, zeros, rows, cols, grid, mismatches);
 }
 
 }  // namespace ql::cuda

@@ -3,9 +3,11 @@
 // goes on `stream` and is checked by the caller with CudaContext::checkLaunch.
 //
 // Layouts: the working weights Wc are column-major in processing order (element (r, p) at
-// Wc[p * rows + r]), so one thread per row reads a column with coalesced loads; U, the upper
-// Cholesky factor of the damped inverse Hessian, is column-major cols x cols (U(i, j) at
-// U[j * cols + i]), which is what cuBLAS reads for the lazy trailing update.
+// Wc[p * rows + r]), so a warp reads a column's rows coalesced; they hold W0 (the original
+// weights) until a column is quantized, then D = W0 - Q. F, the upper Cholesky factor of the
+// damped Hessian in processing order (Hd = F F^T), is stored row-major as float (F(i, k) at
+// F[i * cols + k], zero below the diagonal): the kernel reads a row of its block with vector
+// loads and cuBLAS reads F[0:i1, block] as a transposed operand.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -24,55 +26,87 @@ struct GptqGrid {
     std::int64_t groupsPerRow = 1;  // units per row (1 for per-tensor: index 0 always)
 };
 
-// Arguments of one lazy block of the column loop.
+constexpr int kGptqMaxBlock = 128;   // columns per device block (F's block in shared memory)
+constexpr int kGptqMaxSplits = 8;    // K slices of the left-looking GEMM (acc holds one each)
+constexpr int kGptqRowsPerCta = 32;  // rows per CTA of the column kernel: 8 lanes per row
+
+// Arguments of one lazy block [i1, i1 + count) of the column loop.
 struct GptqBlockArgs {
     float* wc = nullptr;                  // rows x cols, column-major, processing order
-    const float* u = nullptr;             // cols x cols, column-major, upper
+    const float* f = nullptr;             // cols x cols, row-major, upper
+    const float* fDiag = nullptr;         // F_pp per position
+    const float* fInv = nullptr;          // 1 / F_pp per position (U_pp)
+    const float* acc = nullptr;           // accParts x (rows x kGptqMaxBlock), column-major:
+    int accParts = 0;                     //   sum_j<i1 D_j F_jk, in K slices (none at i1 = 0)
     std::int64_t rows = 0, cols = 0;      //
     std::int64_t i1 = 0;                  // first position of the block
     int count = 0;                        // positions in the block (<= kGptqMaxBlock)
     const std::int32_t* perm = nullptr;   // position -> original column
-    const std::int32_t* pos = nullptr;    // original column -> position
     const std::int32_t* fitAt = nullptr;  // position -> unit to fit before it, or -1
     GptqGrid grid;                        //
     float* scales = nullptr;              // rows x groupsPerRow (or 1)
     std::int32_t* zeros = nullptr;        // same, asymmetric only
     std::uint8_t* codes = nullptr;        // rows x cols, column-major, processing order
-    float* err = nullptr;                 // rows x count, column-major: (w - q) / U_pp
-    double* loss = nullptr;               // += sum of err^2
+    double* loss = nullptr;               // += sum of e^2, e = (w - q) F_pp
+    // Units fitted here with columns beyond the block (gptq_plan.h): their positions, the first
+    // uRows rows of U at them (uRows x n, column-major), the scaled errors of positions < uRows
+    // (rows x uRows, column-major, written here), and pre(:, j) = E[:, 0:i1] U[0:i1, beyond[j]]
+    // for the block's own beyond columns j >= preFirst (rows x ..., column-major; none at i1 = 0).
+    const std::int32_t* beyond = nullptr;
+    const std::int32_t* unitBeyond = nullptr;  // [begin, end) into beyond, per unit
+    const float* uRowsAt = nullptr;
+    std::int64_t uRows = 0;
+    float* e = nullptr;
+    const float* pre = nullptr;
+    std::int64_t preFirst = 0;
 };
 
-constexpr int kGptqMaxBlock = 128;     // columns per device block (the Hinv block in shared memory)
-constexpr int kGptqRowsPerCta = 32;    // rows per CTA: one warp runs the column loop
-constexpr int kGptqLoadThreads = 128;  // threads per CTA: all load the block, one warp computes
-
-// Shared memory of the column kernel for a block of `count` columns: the U block, the rows'
-// weights, and the block's permutation and fit table.
-constexpr std::size_t gptqBlockSharedBytes(int count)
-{
-    return std::size_t(count) * (std::size_t(count) + kGptqRowsPerCta) * sizeof(float) +
-           2 * std::size_t(count) * sizeof(int);
-}
+// Shared memory of the column kernel.
+std::size_t gptqBlockSharedBytes();
 
 // Wc(r, p) = dead[perm[p]] ? 0 : W[r * cols + perm[p]] (W row-major, original order).
 void launchGptqPermuteIn(const float* w, const std::int32_t* perm, const std::uint8_t* dead,
                          std::int64_t rows, std::int64_t cols, float* wc, cudaStream_t stream);
-// out[r * cols + perm[p]] = Wc(r, p); codesOut likewise from the column-major codes.
-void launchGptqPermuteOut(const float* wc, const std::uint8_t* codesC, const std::int32_t* perm,
-                          std::int64_t rows, std::int64_t cols, float* out, std::uint8_t* codesOut,
+// codesOut[r * cols + perm[p]] = codesC(r, p) and out there the value the code decodes to
+// (scale * (code - offset - zero), the decoder's expression), row-major original order.
+void launchGptqPermuteOut(const std::uint8_t* codesC, const std::int32_t* perm, const float* scales,
+                          const std::int32_t* zeros, GptqGrid grid, std::int64_t rows,
+                          std::int64_t cols, float* out, std::uint8_t* codesOut,
                           cudaStream_t stream);
 // diag[i] = H[i * n + i].
 void launchGptqDiag(const float* h, std::int64_t n, float* diag, cudaStream_t stream);
 // *flag = 1 when any of x[0..n) is not finite (flag is not cleared here).
 void launchGptqCheckFinite(const float* x, std::int64_t n, int* flag, cudaStream_t stream);
-// The matrix whose lower Cholesky factor L gives U: R = J (P^T H' P + damp I) J in double
-// (J the reversal, P the processing order, H' = H with dead diagonal entries set to 1).
+// out[i] = float(x[i]).
+void launchGptqToFloat(const double* x, std::int64_t n, float* out, cudaStream_t stream);
+// The matrix whose lower Cholesky factor L gives F: R = J (P^T H' P + damp I) J, column-major
+// (J the reversal, P the processing order, H' = H with dead diagonal entries set to 1), so that
+// J R J = F F^T with F = J L J upper.
 void launchGptqFactorInput(const float* h, const std::int32_t* perm, const std::uint8_t* dead,
                            std::int64_t n, double damp, double* r, cudaStream_t stream);
-// U(i, j) = Linv(n-1-i, n-1-j) for j >= i (Linv lower, column-major, in r), else 0, as float;
-// *bad = 1 when an entry is not finite or a diagonal entry is not > 0.
-void launchGptqExtractU(const double* linv, std::int64_t n, float* u, int* bad,
+void launchGptqFactorInput(const float* h, const std::int32_t* perm, const std::uint8_t* dead,
+                           std::int64_t n, double damp, float* r, cudaStream_t stream);
+// F(i, k) = L(n-1-i, n-1-k) for k >= i (L lower, column-major, in l), else 0, into f as float
+// row-major; fDiag[i] = F_ii and fInv[i] = 1 / F_ii (divided in the factor's precision).
+// flags[0] = 1 when an entry is not finite or a diagonal entry is not > 0; flags[1] = 1 when a
+// pivot is small, F_ii^2 < minPivot * Hd_ii (Hd_ii from diag, the original diagonal of H, with
+// dead entries 1, plus damp). flags are not cleared here.
+void launchGptqExtractF(const double* l, std::int64_t n, const float* diag,
+                        const std::int32_t* perm, const std::uint8_t* dead, double damp,
+                        double minPivot, float* f, float* fDiag, float* fInv, int* flags,
                         cudaStream_t stream);
+void launchGptqExtractF(const float* l, std::int64_t n, const float* diag, const std::int32_t* perm,
+                        const std::uint8_t* dead, double damp, double minPivot, float* f,
+                        float* fDiag, float* fInv, int* flags, cudaStream_t stream);
+// y (m x n, column-major) = [I_m 0] J: the right-hand side whose solve Y L = y gives the first m
+// rows of U = F^-1 as X = Y J.
+void launchGptqUnitRows(double* y, std::int64_t m, std::int64_t n, cudaStream_t stream);
+void launchGptqUnitRows(float* y, std::int64_t m, std::int64_t n, cudaStream_t stream);
+// uc[j * m + i] = X(i, at[j]) = y[(n-1-at[j]) * m + i] for i < m, j < count, as float.
+void launchGptqGatherURows(const double* y, std::int64_t m, std::int64_t n, const std::int32_t* at,
+                           std::int64_t count, float* uc, cudaStream_t stream);
+void launchGptqGatherURows(const float* y, std::int64_t m, std::int64_t n, const std::int32_t* at,
+                           std::int64_t count, float* uc, cudaStream_t stream);
 // lohi[0] = min(0, x...), lohi[1] = max(0, x...).
 void launchGptqMinMax(const float* x, std::int64_t n, float* lohi, cudaStream_t stream);
 // Per-tensor grid from lohi (one entry in scales/zeros).
@@ -82,7 +116,7 @@ void launchGptqTensorGrid(const float* lohi, GptqGrid grid, float* scales, std::
 void launchGptqFitAll(const float* wc, const std::int32_t* pos, std::int64_t rows,
                       std::int64_t cols, GptqGrid grid, float* scales, std::int32_t* zeros,
                       cudaStream_t stream);
-// One lazy block of the column loop; needs gptqBlockSharedBytes(count) of shared memory.
+// One lazy block of the column loop (gptqBlockSharedBytes() of shared memory).
 cudaError_t launchGptqBlock(const GptqBlockArgs& args, cudaStream_t stream);
 // Round to nearest of w (row-major, original order) in the format, as quantizeRtn does; for a
 // per-tensor grid, lohi is the min/max of w. out row-major.
@@ -94,10 +128,6 @@ void launchGptqDiff(const float* a, const float* b, const std::uint8_t* dead, st
 // *out += sum a[i] * b[i] (double accumulation).
 void launchGptqDot(const float* a, const float* b, std::int64_t n, double* out,
                    cudaStream_t stream);
-// *mismatches += count of (r, c) where scale * (code - offset - zero) != q bitwise.
-void launchGptqDecodeCheck(const float* q, const std::uint8_t* codes, const float* scales,
-                           const std::int32_t* zeros, std::int64_t rows, std::int64_t cols,
-                           GptqGrid grid, unsigned long long* mismatches, cudaStream_t stream);
 
 // Benchmark inputs (gptq_bench.cu), from a counter-based hash so every run is the same:
 // activations tokens x cols row-major, heavy tailed (a normal times a log-normal scale), every

@@ -93,7 +93,7 @@ Result<GptqBenchResult> benchGptq(const GptqBenchConfig& config)
         GptqDeviceTimings t;
         const auto t0 = std::chrono::steady_clock::now();
         auto r = quantizeGptqDeviceTimed(ctx, w->data(), h->data(), rows, cols, config.format,
-                                         config.options, {}, &t);
+                                         config.options, {}, {}, config.factor, &t);
         if (!r) return r.error();
         const double total =
             std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
@@ -113,6 +113,9 @@ Result<GptqBenchResult> benchGptq(const GptqBenchConfig& config)
     out.totalMs = median.totalMs;
     out.peakBytes = median.t.peakBytes;
     out.deviceBlock = median.t.deviceBlock;
+    out.factorBits = median.t.factorBits;
+    out.factorFellBack = median.t.factorFellBack;
+    out.uRows = median.t.uRows;
     out.loss = last.loss;
     out.rtnLoss = last.rtnLoss;
     out.errorRelative = last.error.relative;

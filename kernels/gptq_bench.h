@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_gptq.h"
 #include "quant/gptq.h"
 #include "util/result.h"
 
@@ -20,6 +21,7 @@ struct GptqBenchConfig {
     GptqOptions options;
     int repeats = 5;
     bool cpu = false;  // run core's quantizeGptq on the same inputs instead
+    GptqFactorPrecision factor = GptqFactorPrecision::Default;
 };
 
 struct GptqBenchResult {
@@ -33,6 +35,9 @@ struct GptqBenchResult {
     std::uint64_t peakBytes = 0;   // device memory the GPTQ call held at its peak
     std::uint64_t inputBytes = 0;  // W and H on the device
     int deviceBlock = 0;
+    int factorBits = 0;            // the factor's precision in the median run
+    bool factorFellBack = false;   // f32 asked for, f64 used
+    std::int64_t uRows = 0;        // rows of U solved for (units fitted beyond their block)
     double loss = 0, rtnLoss = 0;  // GPTQ's objective, and RTN's
     double errorRelative = 0, rtnErrorRelative = 0;
     std::vector<std::string> dampRaises;

@@ -20,16 +20,18 @@ namespace {
 const std::string_view kBenchGptqHelp =
     "usage: quantlens-cli bench gptq [--rows R --cols C] [--bits N] [--group G] [--asym]\n"
     "                                [--block N] [--actorder] [--static] [--device cuda|cpu]\n"
-    "                                [--repeat N]\n\n"
+    "                                [--repeat N] [--factor f32|f64]\n\n"
     "GPTQ of one generated layer (heavy-tailed weights with outlier input channels) against the\n"
     "Hessian H = XᵀX of generated heavy-tailed activations (2 x cols tokens, outlier channels),\n"
     "made on the GPU. Without --rows/--cols: 4096x4096, 14336x4096 and 4096x14336 (rows x cols).\n"
     "Prints per shape the median time of the repeats (after one warm-up; the upload excluded,\n"
-    "the factorization included) with its breakdown (preparation, factorization: potrf + trtri\n"
-    "in double, column loop, lazy trailing GEMMs), the metrics pass (RTN and the\n"
+    "the factorization included) with its breakdown (preparation, factorization: potrf and any\n"
+    "rows of U, column loop, left-looking GEMMs), the metrics pass (RTN and the\n"
     "Hessian-weighted errors, not part of the time), the peak device memory of the call, and\n"
     "the GPTQ/RTN loss ratio. Defaults: --bits 4 --group 128 --block 128 --repeat 5 --device\n"
     "cuda. --device cpu runs core's quantizeGptq on the same inputs (use small shapes).\n"
+    "--factor picks the Cholesky factor's precision (default: QL_GPTQ_FACTOR, else f32, which\n"
+    "falls back to f64 where float32 cannot resolve a pivot).\n"
     "Targets on the H100 (int4 g128, block 128): 4096x4096 <= 10 ms, 14336x4096 and 4096x14336\n"
     "<= 100 ms (exit status 1 when missed).\n";
 
@@ -47,6 +49,7 @@ int runBenchGptq(Args args)
     std::int64_t rows = 0, cols = 0, group = 128, block = 128;
     int bits = 4, repeat = 5;
     bool asym = false, actOrder = false, staticGroups = false, cpu = false;
+    auto factor = ql::cuda::GptqFactorPrecision::Default;
     ArgParser p(args);
     while (p.next()) {
         if (p.is("--help") || p.is("-h")) {
@@ -70,6 +73,15 @@ int runBenchGptq(Args args)
             actOrder = true;
         } else if (p.is("--static")) {
             staticGroups = true;
+        } else if (p.is("--factor")) {
+            if (auto v = p.value()) {
+                if (*v == "f32")
+                    factor = ql::cuda::GptqFactorPrecision::F32;
+                else if (*v == "f64")
+                    factor = ql::cuda::GptqFactorPrecision::F64;
+                else
+                    p.error("--factor takes f32 or f64, not '" + *v + "'");
+            }
         } else if (p.is("--device")) {
             if (auto v = p.value()) {
                 if (*v == "cpu")
@@ -105,6 +117,7 @@ int runBenchGptq(Args args)
     config.options.staticGroups = staticGroups;
     config.repeats = repeat;
     config.cpu = cpu;
+    config.factor = factor;
     bool ok = true, header = false;
     for (const Shape& shape : shapes) {
         config.rows = shape.rows;
@@ -123,7 +136,7 @@ int runBenchGptq(Args args)
         std::printf("  gptq      %s", ms(r->ms).c_str());
         if (!cpu)
             std::printf(
-                "  (prepare %s, factorization %s, column loop %s, trailing GEMMs %s; "
+                "  (prepare %s, factorization %s, column loop %s, left-looking GEMMs %s; "
                 "device block %d)\n",
                 ms(r->prepareMs).c_str(), ms(r->factorMs).c_str(), ms(r->loopMs).c_str(),
                 ms(r->updateMs).c_str(), r->deviceBlock);
@@ -132,6 +145,10 @@ int runBenchGptq(Args args)
         if (!cpu)
             std::printf("  call      %s wall clock with the metrics pass (%s) and copies\n",
                         ms(r->totalMs).c_str(), ms(r->metricsMs).c_str());
+        if (!cpu)
+            std::printf("  factor    f%d%s; %lld rows of U for units fitted beyond their block\n",
+                        r->factorBits, r->factorFellBack ? " (f32 fell back to f64)" : "",
+                        static_cast<long long>(r->uRows));
         if (!cpu)
             std::printf("  memory    peak %s held by the call (W and H, %s, not counted)\n",
                         formatBytes(r->peakBytes).c_str(), formatBytes(r->inputBytes).c_str());

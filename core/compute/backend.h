@@ -44,14 +44,15 @@ public:
     virtual Result<std::unique_ptr<ModelRunner>> createRunner(const LlamaWeightsView& weights,
                                                               Precision precision,
                                                               const RunnerOptions& options) = 0;
-    // GPTQ of one matrix (quant/gptq.h: same arguments, same results). The CPU backend runs
-    // quantizeGptq; the CUDA one runs the device path for the formats it has
-    // (cuda::gptqDeviceSupports) and the CPU for the others, saying which in GptqResult::note.
+    // GPTQ of one matrix (quant/gptq.h: same arguments, same results, the same events to
+    // `monitor`). The CPU backend runs quantizeGptq; the CUDA one runs the device path for the
+    // formats it has (cuda::gptqDeviceSupports) and the CPU for the others, saying which in
+    // GptqResult::note.
     virtual Result<GptqResult> quantizeGptq(const float* w, std::int64_t rows, std::int64_t cols,
                                             std::span<const double> hessian,
                                             const QuantFormat& format, const GptqOptions& options,
-                                            const float* importance,
-                                            const ProgressFn& progress) = 0;
+                                            const float* importance, const ProgressFn& progress,
+                                            const GptqMonitor& monitor = {}) = 0;
 };
 
 enum class BackendKind { Auto, Cpu, Cuda };

@@ -25,9 +25,10 @@ public:
     Result<GptqResult> quantizeGptq(const float* w, std::int64_t rows, std::int64_t cols,
                                     std::span<const double> hessian, const QuantFormat& format,
                                     const GptqOptions& options, const float* importance,
-                                    const ProgressFn& progress) override
+                                    const ProgressFn& progress, const GptqMonitor& monitor) override
     {
-        auto r = ql::quantizeGptq(w, rows, cols, hessian, format, options, importance, progress);
+        auto r = ql::quantizeGptq(w, rows, cols, hessian, format, options, importance, progress,
+                                  monitor);
         if (r) r->note = "cpu";
         return r;
     }
