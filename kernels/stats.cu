@@ -1,7 +1,8 @@
 // Calibration statistics on the GPU (see stats.cuh for the design). Kernels, in launch order for
 // one add(): statsKernel (fused pass), growKernel (range growth, 1 block), rebinKernel (only when
 // the range grew), thresholdKernel (histogram accumulate + top-k threshold, 1 block),
-// candidateKernel (per-block top-k), mergeTopKernel (1 block), then the cuBLAS Hessian.
+// candidateKernel (per-block top-k), mergeTopKernel (1 block), then the cuBLAS Hessian (the full
+// GEMM, or the tiles of a half layout and mirrorUpper when read).
 #include <cub/block/block_scan.cuh>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <cstring>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "cuda_check.cuh"
 #include "stats.cuh"
@@ -26,6 +28,8 @@ constexpr int kOneBlockThreads = 1024;
 constexpr int kBlocksPerSm = 4;
 constexpr std::int64_t kMaxGemmRows = std::int64_t(1) << 30;
 constexpr std::int64_t kBf16GemmRows = 16384;  // see DeviceStatsConfig::hessianChunkRows
+constexpr int kDefaultHessianTile = 2048;
+constexpr std::int32_t kAutoHalfChannels = 4096;  // HessianTiling::Auto
 // Top-k keys: |value| bits (31) above 33 bits of inverted order (running list first, then the
 // batch in row-major order).
 constexpr int kOrderBits = 33;
@@ -579,6 +583,52 @@ __global__ void addToDouble(const float* __restrict__ src, double* __restrict__ 
         dst[i] += double(src[i]);
 }
 
+// Half layouts: the upper triangle (row-major, column >= row) of c × c only.
+__global__ void addUpperToDouble(const float* __restrict__ src, double* __restrict__ dst, int c)
+{
+    for (int r = blockIdx.x; r < c; r += gridDim.x) {
+        const std::size_t row = std::size_t(r) * c;
+        for (int j = r + threadIdx.x; j < c; j += blockDim.x) dst[row + j] += double(src[row + j]);
+    }
+}
+
+// h[r][j] = h[j][r] for j < r (row-major c × c): block (bx, by) of 32 × 32, by >= bx, reads the
+// upper block (rows bx, columns by) coalesced and writes it transposed into the lower block.
+// Blocks above the diagonal exit; a diagonal block reads only upper and writes only lower entries.
+template <class T>
+__global__ void mirrorUpper(T* h, int c)
+{
+    __shared__ T tile[32][33];
+    const int bx = blockIdx.x, by = blockIdx.y;
+    if (bx > by) return;
+    for (int j = threadIdx.y; j < 32; j += blockDim.y) {
+        const int r = bx * 32 + j, col = by * 32 + threadIdx.x;
+        if (r < c && col < c) tile[j][threadIdx.x] = h[std::size_t(r) * c + col];
+    }
+    __syncthreads();
+    for (int j = threadIdx.y; j < 32; j += blockDim.y) {
+        const int r = by * 32 + j, col = bx * 32 + threadIdx.x;
+        if (r < c && col < r) h[std::size_t(r) * c + col] = tile[threadIdx.x][j];
+    }
+}
+
+// Grouped layout: per chunk of rows, the A, B and C pointer arrays of cublasGemmBatchedEx from
+// the tiles' element offsets (A and B into the chunk of X, C into the accumulator).
+__global__ void tilePointerKernel(const char* x, int elementBytes, std::int64_t chunkElements,
+                                  int chunks, const std::int64_t* __restrict__ offsets, int tiles,
+                                  float* h, void** out)
+{
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < chunks * tiles;
+         i += gridDim.x * blockDim.x) {
+        const int chunk = i / tiles, t = i % tiles;
+        const char* base = x + std::int64_t(chunk) * chunkElements * elementBytes;
+        void** o = out + std::int64_t(chunk) * 3 * tiles;
+        o[t] = const_cast<char*>(base + offsets[t] * elementBytes);
+        o[tiles + t] = const_cast<char*>(base + offsets[tiles + t] * elementBytes);
+        o[2 * tiles + t] = h + offsets[2 * tiles + t];
+    }
+}
+
 // ---- host side ---------------------------------------------------------------------------------
 
 template <class T>
@@ -642,6 +692,21 @@ private:
     cublasPointerMode_t m_mode = CUBLAS_POINTER_MODE_HOST;
 };
 
+// Tiles of a half layout: `count` tiles of `edge` channels, the last one `last` wide (== edge when
+// edge divides the channels); `equal` tiles are edge wide.
+struct TileGrid {
+    int edge = 0, count = 0, last = 0, equal = 0;
+    static TileGrid of(int channels, int edge)
+    {
+        TileGrid t;
+        t.edge = edge;
+        t.count = (channels + edge - 1) / edge;
+        t.last = channels - (t.count - 1) * edge;
+        t.equal = t.last == edge ? t.count : t.count - 1;
+        return t;
+    }
+};
+
 }  // namespace
 
 struct DeviceStats::Impl {
@@ -654,6 +719,12 @@ struct DeviceStats::Impl {
     std::int64_t tokens = 0;
     int current = 0;  // which top buffer holds the running list
 
+    HessianTiling tiling = HessianTiling::Full;  // resolved (never Auto)
+    TileGrid tileGrid;                           // half layouts
+    int groupedTiles = 0;     // Grouped: tiles in the pointer arrays (equal ones, then last row)
+    int groupedEqual = 0;     // of which edge × edge
+    bool lowerStale = false;  // half layout: the lower triangle is not the mirror of the upper
+
     DeviceArray<unsigned> absMaxBits;
     DeviceArray<double> sumAbs, sumSq;
     DeviceArray<unsigned long long> hist, batchHist;
@@ -664,6 +735,8 @@ struct DeviceStats::Impl {
     DeviceArray<unsigned> tileMax;
     DeviceArray<float> hessian32;   // Float32: the accumulator; Float64: one batch's product
     DeviceArray<double> hessian64;  // Float64 accumulator
+    DeviceArray<std::int64_t> tileOffsets;  // Grouped: A, B, C element offsets per tile
+    DeviceArray<void*> tilePointers;        // Grouped: per chunk, A, B, C pointer arrays
 
     Status allocate();
     Status zero();
@@ -676,6 +749,10 @@ struct DeviceStats::Impl {
                        std::int32_t firstSample);
     template <class T>
     Status addHessian(const T* x, std::int64_t rows);
+    template <class T>
+    Status gemmTiles(const T* a, int k, const float* beta, std::int64_t rowOffset,
+                     std::int64_t colOffset, int m, int n, int count);
+    Status symmetrize();
 };
 
 Status DeviceStats::Impl::allocate()
@@ -697,6 +774,29 @@ Status DeviceStats::Impl::allocate()
     }
     if (config.hessian != HessianMode::None) QL_TRY_STATUS(hessian32.allocate(c * c));
     if (config.hessian == HessianMode::Float64) QL_TRY_STATUS(hessian64.allocate(c * c));
+    if (config.hessian != HessianMode::None && tiling == HessianTiling::Grouped) {
+        // Tile (P, Q), P >= Q in tile units, is rows P and columns Q of cuBLAS's column-major
+        // accumulator: A = X's columns P, B = X's columns Q, C at P·edge + Q·edge·c.
+        const TileGrid& t = tileGrid;
+        std::vector<std::int64_t> a, b, cOff;
+        auto push = [&](int p, int q) {
+            a.push_back(std::int64_t(p) * t.edge);
+            b.push_back(std::int64_t(q) * t.edge);
+            cOff.push_back(std::int64_t(p) * t.edge + std::int64_t(q) * t.edge * std::int64_t(c));
+        };
+        for (int p = 0; p < t.equal; ++p)
+            for (int q = 0; q <= p; ++q) push(p, q);
+        groupedEqual = int(a.size());
+        if (t.equal < t.count)
+            for (int q = 0; q < t.count - 1; ++q) push(t.count - 1, q);
+        groupedTiles = int(a.size());
+        std::vector<std::int64_t> all = a;
+        all.insert(all.end(), b.begin(), b.end());
+        all.insert(all.end(), cOff.begin(), cOff.end());
+        QL_TRY_STATUS(tileOffsets.allocate(all.size()));
+        QL_CUDA_TRY(cudaMemcpy(tileOffsets.get(), all.data(), all.size() * sizeof(std::int64_t),
+                               cudaMemcpyHostToDevice));
+    }
     return zero();
 }
 
@@ -715,6 +815,7 @@ Status DeviceStats::Impl::zero()
     QL_CUDA_TRY(clear(hessian64.get(), hessian64.bytes()));
     tokens = 0;
     current = 0;
+    lowerStale = false;
     return {};
 }
 
@@ -799,6 +900,35 @@ Status DeviceStats::Impl::launchStats(const T* x, std::int64_t rows, std::int64_
 }
 
 template <class T>
+Status DeviceStats::Impl::gemmTiles(const T* a, int k, const float* beta, std::int64_t rowOffset,
+                                    std::int64_t colOffset, int m, int n, int count)
+{
+    // Tiles i = 0..count-1 of m × n at (rowOffset + i·edge, colOffset + i·edge) of the
+    // column-major accumulator: H[p][q] += Σ_r X[r][p] X[r][q] over the chunk's k rows at `a`.
+    constexpr bool kBf16 = sizeof(T) == 2;
+    const cudaDataType_t type = kBf16 ? CUDA_R_16BF : CUDA_R_32F;
+    const cublasComputeType_t compute = kBf16 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_PEDANTIC;
+    const std::int64_t c = config.channels;
+    const float one = 1.0f;
+    const T* A = a + rowOffset;
+    const T* B = a + colOffset;
+    float* C = hessian32.get() + rowOffset + colOffset * c;
+    cublasStatus_t s;
+    if (count == 1) {
+        s = cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_T, m, n, k, &one, A, type, int(c), B, type,
+                         int(c), beta, C, CUDA_R_32F, int(c), compute, CUBLAS_GEMM_DEFAULT);
+    } else {
+        const long long edge = tileGrid.edge;
+        s = cublasGemmStridedBatchedEx(blas, CUBLAS_OP_N, CUBLAS_OP_T, m, n, k, &one, A, type,
+                                       int(c), edge, B, type, int(c), edge, beta, C, CUDA_R_32F,
+                                       int(c), edge + edge * c, count, compute,
+                                       CUBLAS_GEMM_DEFAULT);
+    }
+    if (s != CUBLAS_STATUS_SUCCESS) return blasError(s, "cublasGemmEx (Hessian tiles)");
+    return {};
+}
+
+template <class T>
 Status DeviceStats::Impl::addHessian(const T* x, std::int64_t rows)
 {
     constexpr bool kBf16 = sizeof(T) == 2;
@@ -810,22 +940,86 @@ Status DeviceStats::Impl::addHessian(const T* x, std::int64_t rows)
     std::int64_t chunk = config.hessianChunkRows > 0 ? config.hessianChunkRows
                                                      : (kBf16 ? kBf16GemmRows : kMaxGemmRows);
     chunk = std::min(chunk, kMaxGemmRows);
-    for (std::int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const std::int64_t chunks = (rows + chunk - 1) / chunk;
+    const TileGrid& t = tileGrid;
+    if (tiling == HessianTiling::Grouped) {
+        const std::size_t pointers = std::size_t(chunks) * 3 * groupedTiles;
+        if (tilePointers.size() < pointers) QL_TRY_STATUS(tilePointers.allocate(pointers));
+        const int total = int(chunks) * groupedTiles;
+        tilePointerKernel<<<(total + 255) / 256, 256, 0, stream>>>(
+            reinterpret_cast<const char*>(x), int(sizeof(T)), chunk * c, int(chunks),
+            tileOffsets.get(), groupedTiles, hessian32.get(), tilePointers.get());
+        QL_CUDA_TRY(cudaGetLastError());
+    }
+    for (std::int64_t i = 0; i < chunks; ++i) {
+        const std::int64_t r0 = i * chunk;
         const int k = int(std::min(chunk, rows - r0));
         // Row-major X (rows × c) is column-major Xᵀ (c × rows, ld c): H = Xᵀ · (Xᵀ)ᵀ.
         const float* beta = (config.hessian == HessianMode::Float32 || r0 > 0) ? &one : &zero;
         const T* a = x + r0 * c;
-        cublasStatus_t s =
-            cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_T, c, c, k, &one, a, type, c, a, type, c,
-                         beta, hessian32.get(), CUDA_R_32F, c, compute, CUBLAS_GEMM_DEFAULT);
-        if (s != CUBLAS_STATUS_SUCCESS) return blasError(s, "cublasGemmEx (Hessian)");
+        if (tiling == HessianTiling::Full) {
+            cublasStatus_t s =
+                cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_T, c, c, k, &one, a, type, c, a, type, c,
+                             beta, hessian32.get(), CUDA_R_32F, c, compute, CUBLAS_GEMM_DEFAULT);
+            if (s != CUBLAS_STATUS_SUCCESS) return blasError(s, "cublasGemmEx (Hessian)");
+        } else if (tiling == HessianTiling::Diagonals) {
+            // Diagonal d: the equal tiles (d + j, j), then the tile of the narrow last row.
+            const std::int64_t e = t.edge;
+            for (int d = 0; d < t.count; ++d) {
+                if (t.equal - d > 0)
+                    QL_TRY_STATUS(gemmTiles(a, k, beta, d * e, 0, t.edge, t.edge, t.equal - d));
+                if (t.equal < t.count) {
+                    const int q = t.count - 1 - d;
+                    QL_TRY_STATUS(gemmTiles(a, k, beta, (t.count - 1) * e, q * e, t.last,
+                                            q == t.count - 1 ? t.last : t.edge, 1));
+                }
+            }
+        } else {
+            void** p = tilePointers.get() + i * 3 * groupedTiles;
+            auto batched = [&](int first, int count, int m) -> Status {
+                const cublasStatus_t s = cublasGemmBatchedEx(
+                    blas, CUBLAS_OP_N, CUBLAS_OP_T, m, t.edge, k, &one, p + first, type, c,
+                    p + groupedTiles + first, type, c, beta, p + 2 * groupedTiles + first,
+                    CUDA_R_32F, c, count, compute, CUBLAS_GEMM_DEFAULT);
+                if (s != CUBLAS_STATUS_SUCCESS)
+                    return blasError(s, "cublasGemmBatchedEx (Hessian tiles)");
+                return {};
+            };
+            QL_TRY_STATUS(batched(0, groupedEqual, t.edge));
+            if (groupedTiles > groupedEqual) {
+                QL_TRY_STATUS(batched(groupedEqual, groupedTiles - groupedEqual, t.last));
+                const std::int64_t corner = std::int64_t(t.count - 1) * t.edge;
+                QL_TRY_STATUS(gemmTiles(a, k, beta, corner, corner, t.last, t.last, 1));
+            }
+        }
     }
     if (config.hessian == HessianMode::Float64) {
         const std::size_t n = std::size_t(c) * c;
-        const int blocks = int(std::min<std::size_t>((n + 255) / 256, std::size_t(sms) * 8));
-        addToDouble<<<blocks, 256, 0, stream>>>(hessian32.get(), hessian64.get(), n);
+        if (tiling == HessianTiling::Full) {
+            const int blocks = int(std::min<std::size_t>((n + 255) / 256, std::size_t(sms) * 8));
+            addToDouble<<<blocks, 256, 0, stream>>>(hessian32.get(), hessian64.get(), n);
+        } else {
+            addUpperToDouble<<<std::min(c, sms * 8), 256, 0, stream>>>(hessian32.get(),
+                                                                       hessian64.get(), c);
+        }
         QL_CUDA_TRY(cudaGetLastError());
     }
+    if (tiling != HessianTiling::Full) lowerStale = true;
+    return {};
+}
+
+Status DeviceStats::Impl::symmetrize()
+{
+    if (!lowerStale) return {};
+    const int c = config.channels;
+    const int blocks = (c + 31) / 32;
+    const dim3 grid(blocks, blocks), block(32, 8);
+    if (config.hessian == HessianMode::Float64)
+        mirrorUpper<double><<<grid, block, 0, stream>>>(hessian64.get(), c);
+    else
+        mirrorUpper<float><<<grid, block, 0, stream>>>(hessian32.get(), c);
+    QL_CUDA_TRY(cudaGetLastError());
+    lowerStale = false;
     return {};
 }
 
@@ -881,6 +1075,10 @@ Result<DeviceStats> DeviceStats::create(const DeviceStatsConfig& config, cudaStr
     if (config.hessian != HessianMode::None && !blas)
         return makeError(ErrorCode::InvalidArgument,
                          "DeviceStats: a Hessian needs a cuBLAS handle");
+    if (config.hessianTile != 0 && (config.hessianTile < 16 || config.hessianTile % 16 != 0))
+        return makeError(ErrorCode::InvalidArgument,
+                         "DeviceStats: the Hessian tile must be a positive multiple of 16, not " +
+                             std::to_string(config.hessianTile));
     DeviceStats s;
     s.m_impl = std::make_unique<Impl>();
     Impl& m = *s.m_impl;
@@ -889,6 +1087,13 @@ Result<DeviceStats> DeviceStats::create(const DeviceStatsConfig& config, cudaStr
     m.blas = blas;
     m.bins = bins;
     m.pow2Bins = (bins & (bins - 1)) == 0;
+    const int edge = config.hessianTile > 0 ? config.hessianTile : kDefaultHessianTile;
+    m.tiling = config.hessianTiling;
+    if (m.tiling == HessianTiling::Auto)
+        m.tiling =
+            config.channels >= kAutoHalfChannels ? HessianTiling::Diagonals : HessianTiling::Full;
+    if (edge >= config.channels) m.tiling = HessianTiling::Full;
+    if (m.tiling != HessianTiling::Full) m.tileGrid = TileGrid::of(config.channels, edge);
     int device = 0;
     QL_CUDA_TRY(cudaGetDevice(&device));
     QL_CUDA_TRY(cudaDeviceGetAttribute(&m.sms, cudaDevAttrMultiProcessorCount, device));
@@ -914,6 +1119,12 @@ Status DeviceStats::reset()
 {
     if (!m_impl) return makeError(ErrorCode::InvalidArgument, "DeviceStats: not created");
     return m_impl->zero();
+}
+
+Status DeviceStats::symmetrize()
+{
+    if (!m_impl) return makeError(ErrorCode::InvalidArgument, "DeviceStats: not created");
+    return m_impl->symmetrize();
 }
 
 DownloadLane::~DownloadLane()
@@ -982,6 +1193,7 @@ Status DownloadLane::copy(void* dst, const void* src, std::size_t bytes)
 Status DeviceStats::downloadParts(DeviceStatsParts& out, DownloadLane* lane) const
 {
     if (!m_impl) return makeError(ErrorCode::InvalidArgument, "DeviceStats: not created");
+    QL_TRY_STATUS(m_impl->symmetrize());
     const Impl& m = *m_impl;
     QL_CUDA_TRY(cudaStreamSynchronize(m.stream));
     const std::size_t c = m.config.channels;
@@ -1055,6 +1267,17 @@ const double* DeviceStats::deviceHessian64() const
     return m_impl ? m_impl->hessian64.get() : nullptr;
 }
 
+bool DeviceStats::hessianHalf() const
+{
+    return m_impl && m_impl->config.hessian != HessianMode::None &&
+           m_impl->tiling != HessianTiling::Full;
+}
+
+int DeviceStats::hessianTile() const
+{
+    return hessianHalf() ? m_impl->tileGrid.edge : 0;
+}
+
 std::uint64_t DeviceStats::deviceBytes() const
 {
     if (!m_impl) return 0;
@@ -1062,7 +1285,7 @@ std::uint64_t DeviceStats::deviceBytes() const
     return m.absMaxBits.bytes() + m.sumAbs.bytes() + m.sumSq.bytes() + m.hist.bytes() +
            m.batchHist.bytes() + m.state.bytes() + m.batch.bytes() + m.top[0].bytes() +
            m.top[1].bytes() + m.cand.bytes() + m.tileMax.bytes() + m.hessian32.bytes() +
-           m.hessian64.bytes();
+           m.hessian64.bytes() + m.tileOffsets.bytes() + m.tilePointers.bytes();
 }
 
 }  // namespace ql::cuda

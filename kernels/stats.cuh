@@ -20,7 +20,9 @@
 //      running list before the batch) through a 64-bit key: |value| bits above the inverted order;
 //   4. the Hessian XᵀX by cuBLAS: bf16 inputs on tensor cores with float32 accumulation, float32
 //      inputs with CUBLAS_COMPUTE_32F_PEDANTIC (no TF32), beta = 1 across batches; Float64 sums
-//      each batch's float32 product into a double buffer.
+//      each batch's float32 product into a double buffer. XᵀX is symmetric, so from 4096 channels
+//      only the tiles on and above the diagonal are computed (see HessianTiling); symmetrize()
+//      mirrors the rest when someone reads it.
 // The result equals ActivationStats::add over the same rows: abs-max, histogram and top-k exactly,
 // sums and Hessian to rounding. The histogram differs only where the CPU's own result depends on
 // how rows are split into add() calls (a value exactly at a smaller intermediate range).
@@ -49,6 +51,17 @@ namespace ql::cuda {
 
 enum class HessianMode { None, Float32, Float64 };  // mirrors ql::HessianPrecision
 
+// How the Hessian GEMMs cover the C × C accumulator. Full: one GEMM per chunk of rows. The half
+// layouts split the channels into tiles of hessianTile (the last one smaller when it does not
+// divide) and compute only the tiles on and above the diagonal — the upper triangle, row-major
+// (column >= row; cuBLAS, column-major, sees it as its lower triangle): Diagonals runs one
+// strided-batched GEMM per tile diagonal, Grouped one pointer-array batched GEMM for all equal
+// tiles. They do about (1 + 1/tiles) / 2 of the full work; with few tiles per diagonal a GEMM
+// may fill only part of the GPU, which `quantlens-cli bench hessian` measures. Auto: Diagonals
+// with 2048-channel tiles from 4096 channels (below that the full GEMM is about one wave of
+// tiles on an H100 and halving it saves nothing), else Full.
+enum class HessianTiling { Auto, Full, Diagonals, Grouped };
+
 struct DeviceStatsConfig {
     std::int32_t channels = 0;
     HessianMode hessian = HessianMode::Float32;
@@ -60,6 +73,8 @@ struct DeviceStatsConfig {
     // accumulate a GEMM's products with truncation, which biases long sums (about 1e-3 relative
     // over 262144 rows in one GEMM); the epilogue's addition rounds to nearest.
     std::int64_t hessianChunkRows = 0;
+    HessianTiling hessianTiling = HessianTiling::Auto;
+    int hessianTile = 0;  // Diagonals / Grouped: tile edge, a multiple of 16; 0: 2048
 };
 
 constexpr int kMaxHistogramBins = 12288;  // shared-memory histograms
@@ -138,8 +153,16 @@ public:
     // Zero every accumulator (collection starts afresh).
     Status reset();
 
+    // With a half layout (HessianTiling) add() accumulates only the upper triangle of the
+    // Hessian (row-major: column >= row); this enqueues the mirror of it into the lower one on the
+    // stream, for the Float32 or the Float64 accumulator. Nothing to do when no add() ran since
+    // the last call. download() calls it; a device reader of deviceHessian32() / 64() calls it
+    // after the last add() and reads after the stream has run it.
+    Status symmetrize();
+
     // Waits for the stream and copies the accumulators back; the Hessian through `lane` when
-    // given (see DownloadLane), else with plain cudaMemcpy.
+    // given (see DownloadLane), else with plain cudaMemcpy. The Hessian is symmetrized first
+    // (logically const: the lower triangle is a mirror of the upper one).
     Status downloadParts(DeviceStatsParts& out, DownloadLane* lane = nullptr) const;
     Result<ActivationStats> download(DownloadLane* lane = nullptr) const;
 
@@ -148,9 +171,12 @@ public:
     std::uint64_t deviceBytes() const;  // accumulators and scratch held on the device
     // The Hessian accumulator on the device (channels × channels; symmetric, so row- and
     // column-major alike), for device-side consumers such as GPTQ; null when not kept in that
-    // precision. Valid once the stream has run the adds.
+    // precision. Complete once the stream has run the adds and a symmetrize() after them; before
+    // that a half layout leaves the lower triangle stale (hessianHalf()).
     const float* deviceHessian32() const;   // HessianMode::Float32
     const double* deviceHessian64() const;  // HessianMode::Float64
+    bool hessianHalf() const;               // a half layout is in use (HessianTiling)
+    int hessianTile() const;                // its tile edge; 0 with the full GEMM
     bool valid() const { return m_impl != nullptr; }
 
     struct Impl;

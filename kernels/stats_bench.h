@@ -1,10 +1,11 @@
 // GPU benchmark of the calibration statistics (quantlens-cli bench hessian): the Hessian XᵀX on
-// tensor cores and the fused statistics pass, on synthetic heavy-tailed activations generated on
-// the device. Plain C++ (no CUDA types).
+// tensor cores (the full GEMM against the symmetric half layouts) and the fused statistics pass, on
+// synthetic heavy-tailed activations generated on the device. Plain C++ (no CUDA types).
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "util/result.h"
 
@@ -15,6 +16,17 @@ struct StatsBenchConfig {
     std::int64_t tokens = 262144;
     bool bf16 = true;
     int repeats = 3;
+    bool layouts = true;  // time the Hessian layouts side by side (HessianTiling)
+};
+
+// One way of accumulating XᵀX (full GEMM, or a half layout with a tile edge).
+struct HessianLayoutResult {
+    std::string name;          // "full", "diagonals 2048", "grouped 1024"
+    double seconds = 0;        // one product, mean of repeats
+    double tflops = 0;         // useful: 2 · channels² · tokens / seconds
+    double computed = 0;       // fraction of the full GEMM's work actually run
+    double checkError = 0;     // as hessianCheckError, after symmetrize()
+    double mirrorSeconds = 0;  // symmetrize() once after the products (0 for the full GEMM)
 };
 
 struct StatsBenchResult {
@@ -33,6 +45,8 @@ struct StatsBenchResult {
     double addSeconds = 0;               // one add with statistics and the Hessian together
     std::uint64_t accumulatorBytes = 0;  // DeviceStats with both (Float32 Hessian)
     std::uint64_t peakBytes = 0;         // device memory in use at the peak, above the baseline
+    std::string hessianLayout;           // the default layout at this width (HessianTiling::Auto)
+    std::vector<HessianLayoutResult> layouts;
 };
 
 Result<StatsBenchResult> benchCalibrationStats(const StatsBenchConfig& config);

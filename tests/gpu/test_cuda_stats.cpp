@@ -15,14 +15,19 @@
 // - Hessian, bf16 inputs (tensor cores, float32 accumulation) against the CPU double Hessian of
 //   the bf16-rounded inputs: 1e-4 · sqrt(H_ii · H_jj) (bf16 products are exact in float32; the
 //   budget is float32 accumulation over the batch).
+// - The symmetric half Hessian (HessianTiling: tiles on and above the diagonal, mirrored on
+//   read) has the same budgets, and after symmetrize() the device matrix is exactly symmetric
+//   and equal to the download.
 // Data: heavy-tailed (Student-t, 3 dof) with outlier channels, batches growing 4× (range growth
 // on every add), exact ties, NaN/inf, all-zero batches, and the real linear-layer inputs of
 // stories260K captured from the CPU forward pass.
 #include <QtTest>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
+#include <span>
 
 #include "calib/activation_stats.h"
 #include "calib/dataset.h"
@@ -241,6 +246,18 @@ struct DeviceScope {
         return cudaStreamCreate(&stream) == cudaSuccess &&
                cublasCreate(&blas) == CUBLAS_STATUS_SUCCESS;
     }
+    __nv_bfloat16* uploadBf16(const std::vector<float>& x)
+    {
+        std::vector<std::uint16_t> bits(x.size());
+        std::transform(x.begin(), x.end(), bits.begin(), cuda::bf16Bits);
+        void* p = nullptr;
+        if (cudaMalloc(&p, bits.size() * sizeof(std::uint16_t)) != cudaSuccess) return nullptr;
+        buffers.push_back(p);
+        if (cudaMemcpy(p, bits.data(), bits.size() * sizeof(std::uint16_t),
+                       cudaMemcpyHostToDevice) != cudaSuccess)
+            return nullptr;
+        return static_cast<__nv_bfloat16*>(p);
+    }
     float* upload(const std::vector<float>& x)
     {
         void* p = nullptr;
@@ -312,6 +329,8 @@ private slots:
             << 172 << 3 << 96 << 3 << f64 << 2048 << 16 << true << int(Data::Heavy);
         QTest::newRow("bf16 heavy 2048ch 1024 rows H32")
             << 2048 << 4 << 256 << 2 << f32 << 2048 << 64 << true << int(Data::Heavy);
+        QTest::newRow("bf16 heavy 4096ch half Hessian H32")
+            << 4096 << 4 << 32 << 2 << f32 << 2048 << 32 << true << int(Data::Heavy);
     }
     void randomMatchesCpu()
     {
@@ -379,6 +398,117 @@ private slots:
               static_cast<long long>(rows), e, eb);
         QVERIFY2(e <= 1e-5, qPrintable(QString("f32 Hessian error %1").arg(e)));
         QVERIFY2(eb <= 1e-4, qPrintable(QString("bf16 Hessian error %1").arg(eb)));
+    }
+
+    // The symmetric half Hessian: every layout against the CPU double Hessian over two add()s
+    // with a download between them (the second add accumulates into the upper triangle over a
+    // lower one the first download mirrored), with tiles that do not divide the channels, chunks
+    // of rows, Float32 and Float64.
+    void halfHessianMatchesCpu_data()
+    {
+        QTest::addColumn<int>("channels");
+        QTest::addColumn<int>("rows");  // per add
+        QTest::addColumn<int>("tiling");
+        QTest::addColumn<int>("tile");
+        QTest::addColumn<int>("chunkRows");
+        QTest::addColumn<bool>("bf16");
+        QTest::addColumn<int>("hessian");
+        QTest::addColumn<bool>("half");  // expected hessianHalf()
+        const int diagonals = int(cuda::HessianTiling::Diagonals),
+                  grouped = int(cuda::HessianTiling::Grouped),
+                  full = int(cuda::HessianTiling::Full), automatic = int(cuda::HessianTiling::Auto);
+        const int f32 = int(cuda::HessianMode::Float32), f64 = int(cuda::HessianMode::Float64);
+        QTest::newRow("f32 diagonals 256ch tile 64 H32")
+            << 256 << 300 << diagonals << 64 << 0 << false << f32 << true;
+        QTest::newRow("f32 diagonals 300ch tile 64 (last 44) H64")
+            << 300 << 257 << diagonals << 64 << 0 << false << f64 << true;
+        QTest::newRow("f32 grouped 300ch tile 64 (last 44) chunks of 100 H32")
+            << 300 << 257 << grouped << 64 << 100 << false << f32 << true;
+        QTest::newRow("f32 grouped 272ch tile 128 (last 16) H64")
+            << 272 << 200 << grouped << 128 << 0 << false << f64 << true;
+        QTest::newRow("f32 tile 320 >= 300ch: full GEMM")
+            << 300 << 100 << diagonals << 320 << 0 << false << f32 << false;
+        QTest::newRow("bf16 diagonals 1000ch tile 256 (last 232) chunks of 512 H32")
+            << 1000 << 1500 << diagonals << 256 << 512 << true << f32 << true;
+        QTest::newRow("bf16 grouped 1024ch tile 256 H64")
+            << 1024 << 700 << grouped << 256 << 0 << true << f64 << true;
+        QTest::newRow("bf16 grouped 600ch tile 128 (last 88) H32")
+            << 600 << 640 << grouped << 128 << 0 << true << f32 << true;
+        QTest::newRow("bf16 full 640ch H32")
+            << 640 << 640 << full << 0 << 0 << true << f32 << false;
+        QTest::newRow("bf16 auto 2048ch: full GEMM")
+            << 2048 << 96 << automatic << 0 << 0 << true << f32 << false;
+        QTest::newRow("bf16 auto 4096ch: diagonals of 2048 H32")
+            << 4096 << 64 << automatic << 0 << 0 << true << f32 << true;
+    }
+    void halfHessianMatchesCpu()
+    {
+        QFETCH(int, channels);
+        QFETCH(int, rows);
+        QFETCH(int, tiling);
+        QFETCH(int, tile);
+        QFETCH(int, chunkRows);
+        QFETCH(bool, bf16);
+        QFETCH(int, hessian);
+        QFETCH(bool, half);
+        const int c = channels;
+        std::vector<float> x = makeData(Data::Heavy, 2 * std::int64_t(rows), c, 2, 31 + c);
+        if (bf16) x = roundedToBf16(std::move(x));
+        DeviceScope dev;
+        QVERIFY(dev.open());
+        float* dx = bf16 ? nullptr : dev.upload(x);
+        __nv_bfloat16* dxb = bf16 ? dev.uploadBf16(x) : nullptr;
+        QVERIFY(dx || dxb);
+        cuda::DeviceStatsConfig config;
+        config.channels = c;
+        config.hessian = cuda::HessianMode(hessian);
+        config.statistics = false;
+        config.hessianTiling = cuda::HessianTiling(tiling);
+        config.hessianTile = tile;
+        config.hessianChunkRows = chunkRows;
+        auto s = cuda::DeviceStats::create(config, dev.stream, dev.blas);
+        QVERIFY2(s.ok(), s.ok() ? "" : s.error().message.c_str());
+        QCOMPARE(s->hessianHalf(), half);
+        ActivationStats ref(c, HessianPrecision::Float64, 2048, 0);
+        const double budget = bf16 ? 1e-4 : 1e-5;
+        for (int b = 0; b < 2; ++b) {
+            const std::size_t offset = std::size_t(b) * rows * c;
+            ref.add(std::span<const float>(x).subspan(offset, std::size_t(rows) * c), rows, b);
+            const Status added = bf16 ? s->add(dxb + offset, rows) : s->add(dx + offset, rows);
+            QVERIFY2(added.ok(), added.ok() ? "" : added.error().message.c_str());
+            auto got = s->download();
+            QVERIFY2(got.ok(), got.ok() ? "" : got.error().message.c_str());
+            const double err = hessianError(got->hessian(), ref.hessian(), c);
+            qInfo("after add %d: Hessian error %.3g of sqrt(H_ii H_jj), budget %.0g", b + 1, err,
+                  budget);
+            QVERIFY2(err <= budget, qPrintable(QString("Hessian error %1").arg(err)));
+        }
+        // On the device: exactly symmetric after symmetrize(), and what download() returned.
+        QVERIFY(s->symmetrize().ok());
+        auto got = s->download();
+        QVERIFY(got.ok());
+        std::vector<double> onDevice(std::size_t(c) * c);
+        if (config.hessian == cuda::HessianMode::Float32) {
+            std::vector<float> h(onDevice.size());
+            QCOMPARE(cudaMemcpy(h.data(), s->deviceHessian32(), h.size() * sizeof(float),
+                                cudaMemcpyDeviceToHost),
+                     cudaSuccess);
+            onDevice.assign(h.begin(), h.end());
+        } else {
+            QCOMPARE(cudaMemcpy(onDevice.data(), s->deviceHessian64(),
+                                onDevice.size() * sizeof(double), cudaMemcpyDeviceToHost),
+                     cudaSuccess);
+        }
+        const std::vector<double> downloaded = got->hessian();
+        std::size_t asymmetric = 0, differing = 0;
+        for (int i = 0; i < c; ++i)
+            for (int j = 0; j < c; ++j) {
+                const std::size_t ij = std::size_t(i) * c + j, ji = std::size_t(j) * c + i;
+                asymmetric += onDevice[ij] != onDevice[ji];
+                differing += onDevice[ij] != downloaded[ij];
+            }
+        if (half) QCOMPARE(asymmetric, std::size_t(0));  // the full GEMM is as cuBLAS leaves it
+        QCOMPARE(differing, std::size_t(0));
     }
 
     void resetStartsAfresh()
