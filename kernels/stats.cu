@@ -1,10 +1,10 @@
 // Calibration statistics on the GPU (see stats.cuh for the design). Kernels, in launch order for
-// one add(): statsKernel (fused pass), growKernel (range growth, 1 block), rebinKernel (only when
-// the range grew), thresholdKernel (histogram accumulate + top-k threshold, 1 block),
-// candidateKernel (per-block top-k), mergeTopKernel (1 block), then the cuBLAS Hessian (the full
-// GEMM, or the tiles of a half layout and mirrorUpper when read).
-#include <cub/block/block_scan.cuh>
-
+// one add(): statsKernel (fused pass; its last block grows the range and, when the range did not
+// grow, sets the top-k threshold), rebinKernel (exits at once unless the range grew; its last
+// block sets the threshold), candidateKernel (top-k candidates; its last block merges them into
+// the running list), then the cuBLAS Hessian. The serial steps run in the last block of a pass to
+// finish (a counter in BatchState) rather than as one-block kernels of their own: each launch on
+// the statistics stream waits for a free SM slot behind the forward pass's kernels.
 #include <algorithm>
 #include <cfloat>
 #include <climits>
@@ -24,8 +24,7 @@ constexpr int kMaxThreads = 256;  // per block of the streaming kernels
 constexpr int kRowsPerTile = 32;  // tile = 32 rows × one channel tile (tile abs-max granularity)
 constexpr int kUnroll = 4;        // rows loaded before any is processed
 constexpr int kKeyBuffer = 4096;  // shared top-k key buffer (keys are 8 bytes: 32 KB)
-constexpr int kOneBlockThreads = 1024;
-constexpr int kBlocksPerSm = 4;
+constexpr int kBlocksPerSm = 4;   // at most; fewer when the fused pass's occupancy is lower
 constexpr std::int64_t kMaxGemmRows = std::int64_t(1) << 30;
 constexpr std::int64_t kBf16GemmRows = 16384;  // see DeviceStatsConfig::hessianChunkRows
 constexpr int kDefaultHessianTile = 2048;
@@ -38,16 +37,21 @@ constexpr unsigned long long kOrderMask = (1ull << kOrderBits) - 1;
 struct PersistentState {
     double range;  // histogram covers [-range, range]
     int topCount;
-    int pad;
+    int overflow;  // a candidate list overflowed (a bug; download() reports it)
 };
 
 struct BatchState {
-    unsigned maxBits;    // batch abs-max (float bits)
+    unsigned maxBits;    // batch abs-max (float bits); cleared by the fused pass's last block
     int rebin;           // the range grew (or is 0): bin again at the new range
     unsigned candCount;  // keys appended by candidateKernel
-    float thrLo;         // values below have k larger ones in the batch
+    float thr;           // values below cannot enter the top-k
     float floorAbs;      // |value| of the running k-th entry (when full)
     int full;
+    int direct;          // few values reach thr: candidates go straight to the list
+    unsigned passing;    // histogram bound on the values at or above thr (saturated)
+    unsigned done[3];    // blocks finished: fused pass, rebin, candidates (the last one resets)
+    unsigned tailNs[3];  // the last blocks' serial work: grow, threshold, merge (profiling)
+    unsigned long long tilesScanned;  // tiles the candidate pass read (profiling)
 };
 
 struct TopEntry {
@@ -67,6 +71,24 @@ struct Geometry {
 struct HistParams {
     int n;       // bins (even)
     int copies;  // shared-memory copies per block (warps share them round-robin)
+};
+
+// What the three statistics kernels update, by value.
+struct Accumulators {
+    PersistentState* st;
+    BatchState* batch;
+    unsigned* absMaxBits;
+    double* sumAbs;
+    double* sumSq;
+    unsigned long long* hist;       // running histogram
+    unsigned long long* batchHist;  // this batch's (and the range growth's scratch)
+    unsigned* tileMax;              // float bits per tile; null when k == 0
+    const TopEntry* top;            // the running top-k list; null when k == 0
+    TopEntry* nextTop;              // where the merge writes the new list
+    unsigned long long* cand;       // candidate keys
+    unsigned candSize;              // their capacity (k per block at least)
+    unsigned directCapacity;        // candidates that fit one merge with the running list
+    int k;
 };
 
 template <class T>
@@ -225,19 +247,266 @@ __device__ void sortKeysDesc(unsigned long long* keys, int count)
     }
 }
 
+// The smallest power of two at or above x (x > 0): exp2(ceil(log2(x))), exactly.
+__device__ double pow2Ceil(double x)
+{
+    int e = 0;
+    const double m = frexp(x, &e);  // x = m * 2^e, m in [0.5, 1)
+    return m == 0.5 ? ldexp(1.0, e - 1) : ldexp(1.0, e);
+}
+
+__device__ __forceinline__ unsigned long long globalNs()
+{
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+// Every block of the grid calls this once with all its threads; true in the block that finishes
+// last, which then sees the global writes and atomics of all the others (fence, count, fence).
+// The counter is left at zero for the next launch.
+__device__ bool lastBlockDone(unsigned* counter)
+{
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        last = atomicAdd(counter, 1u) == gridDim.x - 1;
+        if (last) *counter = 0;
+    }
+    __syncthreads();
+    if (last) __threadfence();
+    return last;
+}
+
+// Inclusive prefix sum over the block in thread order (blockDim.x a multiple of 32).
+__device__ unsigned long long blockInclusiveSum(unsigned long long v)
+{
+    __shared__ unsigned long long warpSums[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const unsigned long long y = __shfl_up_sync(0xffffffffu, v, o);
+        if (lane >= o) v += y;
+    }
+    if (lane == 31) warpSums[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        unsigned long long w = lane < int(blockDim.x >> 5) ? warpSums[lane] : 0;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const unsigned long long y = __shfl_up_sync(0xffffffffu, w, o);
+            if (lane >= o) w += y;
+        }
+        warpSums[lane] = w;
+    }
+    __syncthreads();
+    if (warp > 0) v += warpSums[warp - 1];
+    __syncthreads();  // warpSums may be reused
+    return v;
+}
+
+__device__ unsigned long long blockTotal(unsigned long long v)
+{
+    __shared__ unsigned long long total;
+    v = blockInclusiveSum(v);
+    if (threadIdx.x == blockDim.x - 1) total = v;
+    __syncthreads();
+    v = total;
+    __syncthreads();
+    return v;
+}
+
+// Count of |x| bin j of the batch histogram (bins half + j and half - 1 - j), read past L1: other
+// blocks of the running kernel added to it.
+__device__ __forceinline__ unsigned long long foldedCount(const unsigned long long* batchHist,
+                                                          int half, int j)
+{
+    return __ldcg(batchHist + half + j) + __ldcg(batchHist + half - 1 - j);
+}
+
+// The highest |x| bin with at least k values of the batch at or above it; 0 when there is none.
+__device__ int topBoundary(const unsigned long long* batchHist, int half, int k)
+{
+    __shared__ int boundary;
+    // Thread t sums chunk u = threads - 1 - t, so the scan runs from the top.
+    const int threads = int(blockDim.x);
+    const int per = (half + threads - 1) / threads;
+    const int u = threads - 1 - int(threadIdx.x);
+    const int lo = min(u * per, half), hi = min(lo + per, half);
+    unsigned long long chunk = 0;
+    for (int j = lo; j < hi; ++j) chunk += foldedCount(batchHist, half, j);
+    if (threadIdx.x == 0) boundary = 0;
+    const unsigned long long above = blockInclusiveSum(chunk);
+    if (above >= (unsigned long long)k && above - chunk < (unsigned long long)k) {
+        unsigned long long acc = above - chunk;
+        for (int j = hi - 1; j >= lo; --j) {
+            acc += foldedCount(batchHist, half, j);
+            if (acc >= (unsigned long long)k) {
+                boundary = j;
+                break;
+            }
+        }
+    }
+    __syncthreads();
+    return boundary;
+}
+
+// The k-th largest of n values (k >= 1); 0 when there are fewer than k. Radix select from the top
+// byte: per byte, count the values that share the bytes found so far (warp-aggregated shared
+// atomics) and keep the byte at which the count from the top reaches the rank left.
+__device__ unsigned kthLargest(const unsigned* values, std::int64_t n, int k)
+{
+    __shared__ unsigned counts[256];
+    __shared__ unsigned found[2];  // byte, rank left within it
+    if (n < k) return 0;
+    unsigned prefix = 0, mask = 0, need = unsigned(k);
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) counts[i] = 0;
+        __syncthreads();
+        for (std::int64_t base = 0; base < n; base += blockDim.x) {
+            const std::int64_t i = base + threadIdx.x;
+            const unsigned v = i < n ? __ldcg(values + i) : 0u;
+            const bool match = i < n && (v & mask) == prefix;
+            const unsigned digit = match ? (v >> shift) & 255u : 256u;
+            const unsigned peers = __match_any_sync(0xffffffffu, digit);
+            if (match && int(threadIdx.x & 31) == __ffs(peers) - 1)
+                atomicAdd(&counts[digit], unsigned(__popc(peers)));
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            // Lane l holds bytes 255 - 8l down to 248 - 8l.
+            const int lane = int(threadIdx.x);
+            unsigned c[8], sum = 0;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                c[i] = counts[255 - 8 * lane - i];
+                sum += c[i];
+            }
+            unsigned incl = sum;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const unsigned y = __shfl_up_sync(0xffffffffu, incl, o);
+                if (lane >= o) incl += y;
+            }
+            const unsigned before = incl - sum;
+            if (before < need && incl >= need) {
+                unsigned acc = before;
+                for (int i = 0; i < 8; ++i) {
+                    if (acc + c[i] >= need) {
+                        found[0] = unsigned(255 - 8 * lane - i);
+                        found[1] = need - acc;
+                        break;
+                    }
+                    acc += c[i];
+                }
+            }
+        }
+        __syncthreads();
+        prefix |= found[0] << shift;
+        mask |= 255u << shift;
+        need = found[1];
+        __syncthreads();
+    }
+    return prefix;
+}
+
+// Range growth as ActivationStats::growRange: the first range is the power of two at or above the
+// batch max (bins untouched); later the range doubles with pair merges until it covers the batch.
+// batchHist is the merge's scratch and is cleared when the batch must be binned again. Run by the
+// fused pass's last block; every thread computes the same range. Returns whether to bin again.
+__device__ bool growStep(const Accumulators& a, double oldRange, int n, double& range)
+{
+    const double needed = double(__uint_as_float(__ldcg(&a.batch->maxBits)));
+    range = oldRange;
+    if (needed > oldRange) {
+        if (oldRange == 0) {
+            range = pow2Ceil(fmax(needed, 1e-30));
+        } else {
+            const int q = n / 4;
+            while (range < needed) {
+                for (int j = threadIdx.x; j < n; j += blockDim.x) {
+                    unsigned long long s = 0;
+                    if (j >= q && j < q + n / 2) s = a.hist[2 * (j - q)] + a.hist[2 * (j - q) + 1];
+                    a.batchHist[j] = s;
+                }
+                __syncthreads();
+                for (int j = threadIdx.x; j < n; j += blockDim.x) a.hist[j] = a.batchHist[j];
+                __syncthreads();
+                range *= 2;
+            }
+        }
+    }
+    const bool rebin = needed > oldRange || oldRange == 0;
+    if (rebin)
+        for (int j = threadIdx.x; j < n; j += blockDim.x) a.batchHist[j] = 0;
+    if (threadIdx.x == 0) {
+        a.st->range = range;
+        a.batch->rebin = rebin;
+        a.batch->maxBits = 0;  // for the next batch
+    }
+    __syncthreads();
+    return rebin;
+}
+
+// Adds the batch histogram to the running one and clears it; with k > 0 also sets the top-k
+// threshold, the larger of two bounds below which a value has k larger ones in the batch:
+// - the histogram: fold it on |x|, find the highest bin f with at least k values at or above it;
+//   any value below (f - 2) bin widths has k values strictly larger (one bin of margin for the
+//   bin-edge rounding). Coarse when a few massive values set the range;
+// - the k-th largest tile abs-max: k tiles each hold a value at least that large.
+// The histogram also bounds how many values reach the threshold: few enough, and the candidate
+// pass sends them straight to the list. Run by the last block of the pass that finished the batch
+// histogram (the fused pass, or the rebin when the range grew).
+__device__ void thresholdStep(const Accumulators& a, double range, int n, std::int64_t tiles)
+{
+    const int half = n / 2;
+    float thr = 0.0f;
+    unsigned long long passing = 0;
+    if (a.k > 0) {
+        const int boundary = topBoundary(a.batchHist, half, a.k);
+        const double width = 2 * range / n;
+        const float thrLo = boundary >= 2 ? __double2float_rd((boundary - 2) * width) : 0.0f;
+        const float thrTile = __uint_as_float(kthLargest(a.tileMax, tiles, a.k));
+        thr = fmaxf(thrLo, thrTile);
+        // A value at or above thr sits in an |x| bin at or above floor(thr / width) - 2 (the
+        // binning and this quotient round by a bin at most each); one more for margin.
+        int j0 = 0;
+        if (width > 0) j0 = int(fmin(fmax(floor(double(thr) / width) - 3, 0.0), double(half - 1)));
+        unsigned long long mine = 0;
+        for (int j = j0 + int(threadIdx.x); j < half; j += blockDim.x)
+            mine += foldedCount(a.batchHist, half, j);
+        passing = blockTotal(mine);
+    }
+    __syncthreads();  // every read of batchHist is done
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        a.hist[j] += __ldcg(a.batchHist + j);
+        a.batchHist[j] = 0;
+    }
+    if (threadIdx.x == 0 && a.k > 0) {
+        const bool full = a.st->topCount >= a.k;
+        a.batch->thr = thr;
+        a.batch->full = full;
+        a.batch->floorAbs = full ? fabsf(a.top[a.k - 1].value) : -1.0f;
+        a.batch->candCount = 0;
+        a.batch->passing = unsigned(min(passing, 0xffffffffull));
+        a.batch->direct = passing <= a.directCapacity;
+        a.batch->tilesScanned = 0;
+    }
+    __syncthreads();
+}
+
 // ---- kernels -----------------------------------------------------------------------------------
 
-// The fused pass: per-channel moments and abs-max, batch and tile abs-max, speculative histogram.
+// The fused pass: per-channel moments and abs-max, batch and tile abs-max, speculative histogram;
+// the last block grows the range (and sets the threshold when it did not grow).
 template <class T, int V, bool kPow2>
 __global__ void __launch_bounds__(kMaxThreads, 2)
-    statsKernel(const T* __restrict__ x, Geometry g, HistParams hp,
-                const PersistentState* __restrict__ st, BatchState* __restrict__ batch,
-                unsigned* __restrict__ absMaxBits, double* __restrict__ sumAbs,
-                double* __restrict__ sumSq, unsigned long long* __restrict__ batchHist,
-                unsigned* __restrict__ tileMax)
+    statsKernel(const T* __restrict__ x, Geometry g, HistParams hp, Accumulators a)
 {
     extern __shared__ unsigned shHist[];
-    const double range = st->range;
+    __shared__ float warpTileMax[2][kMaxThreads / 32];  // by tile parity (one barrier per tile)
+    const double range = a.st->range;
     const bool binning = range > 0;
     const Binner binner = Binner::make(range, hp.n);
     unsigned* myHist = shHist + ((threadIdx.x >> 5) % hp.copies) * hp.n;
@@ -253,6 +522,7 @@ __global__ void __launch_bounds__(kMaxThreads, 2)
     for (int i = 0; i < V; ++i) amax[i] = 0.0f, sa[i] = 0.0, sq[i] = 0.0;
     float threadMax = 0.0f;
     HistCounter counter;
+    int parity = 0;
     const std::int64_t step = gridDim.x / g.chTiles;
     for (std::int64_t rt = blockIdx.x / g.chTiles; rt < g.rowTiles; rt += step) {
         const std::int64_t r0 = rt * kRowsPerTile;
@@ -276,10 +546,10 @@ __global__ void __launch_bounds__(kMaxThreads, 2)
                     if (r + u >= r1) break;
 #pragma unroll
                     for (int i = 0; i < V; ++i) {
-                        const float a = fabsf(v[u][i]);
-                        if (!(a <= FLT_MAX)) continue;  // NaN and inf are skipped, as on the CPU
-                        tam[i] = fmaxf(tam[i], a);
-                        pa[i] += a;
+                        const float av = fabsf(v[u][i]);
+                        if (!(av <= FLT_MAX)) continue;  // NaN and inf are skipped, as on the CPU
+                        tam[i] = fmaxf(tam[i], av);
+                        pa[i] += av;
                         pq[i] = fmaf(v[u][i], v[u][i], pq[i]);
                         if (binning) counter.add(binner.offset<kPow2>(v[u][i]), myHist, hp.n / 2);
                     }
@@ -297,81 +567,55 @@ __global__ void __launch_bounds__(kMaxThreads, 2)
             }
         }
         tmax = warpMax(tmax);
-        if ((threadIdx.x & 31) == 0 && tmax > 0.0f)
-            atomicMax(&tileMax[rt * g.chTiles + chTile], __float_as_uint(tmax));
         threadMax = fmaxf(threadMax, tmax);
+        if (a.tileMax) {
+            // Every tile is one block's: one plain store each, so no memset and no atomics.
+            if ((threadIdx.x & 31) == 0) warpTileMax[parity][threadIdx.x >> 5] = tmax;
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                float m = 0.0f;
+                for (int w = 0; w < int(blockDim.x >> 5); ++w) m = fmaxf(m, warpTileMax[parity][w]);
+                a.tileMax[rt * g.chTiles + chTile] = __float_as_uint(m);
+            }
+            parity ^= 1;
+        }
     }
     if (binning) counter.flush(myHist, hp.n / 2);
     if (active) {
 #pragma unroll
         for (int i = 0; i < V; ++i) {
-            if (amax[i] > 0.0f) atomicMax(&absMaxBits[c0 + i], __float_as_uint(amax[i]));
-            if (sa[i] != 0.0) atomicAdd(&sumAbs[c0 + i], sa[i]);
-            if (sq[i] != 0.0) atomicAdd(&sumSq[c0 + i], sq[i]);
+            if (amax[i] > 0.0f) atomicMax(&a.absMaxBits[c0 + i], __float_as_uint(amax[i]));
+            if (sa[i] != 0.0) atomicAdd(&a.sumAbs[c0 + i], sa[i]);
+            if (sq[i] != 0.0) atomicAdd(&a.sumSq[c0 + i], sq[i]);
         }
     }
     if ((threadIdx.x & 31) == 0 && threadMax > 0.0f)
-        atomicMax(&batch->maxBits, __float_as_uint(threadMax));
+        atomicMax(&a.batch->maxBits, __float_as_uint(threadMax));
     __syncthreads();
-    if (binning) flushShared(shHist, hp, batchHist);
-}
+    if (binning) flushShared(shHist, hp, a.batchHist);
 
-// The smallest power of two at or above x (x > 0): exp2(ceil(log2(x))), exactly.
-__device__ double pow2Ceil(double x)
-{
-    int e = 0;
-    const double m = frexp(x, &e);  // x = m * 2^e, m in [0.5, 1)
-    return m == 0.5 ? ldexp(1.0, e - 1) : ldexp(1.0, e);
-}
-
-// Range growth as ActivationStats::growRange: the first range is the power of two at or above the
-// batch max (bins untouched); later the range doubles with pair merges until it covers the batch.
-// batchHist is the merge's scratch and is cleared when the batch must be binned again.
-__global__ void __launch_bounds__(kOneBlockThreads)
-    growKernel(PersistentState* st, BatchState* batch, unsigned long long* hist,
-               unsigned long long* batchHist, int n)
-{
-    const double oldRange = st->range;
-    const double needed = double(__uint_as_float(batch->maxBits));
-    double range = oldRange;
-    if (needed > oldRange) {
-        if (oldRange == 0) {
-            range = pow2Ceil(fmax(needed, 1e-30));
-        } else {
-            const int q = n / 4;
-            while (range < needed) {
-                for (int j = threadIdx.x; j < n; j += blockDim.x) {
-                    unsigned long long s = 0;
-                    if (j >= q && j < q + n / 2) s = hist[2 * (j - q)] + hist[2 * (j - q) + 1];
-                    batchHist[j] = s;
-                }
-                __syncthreads();
-                for (int j = threadIdx.x; j < n; j += blockDim.x) hist[j] = batchHist[j];
-                __syncthreads();
-                range *= 2;
-            }
-        }
-    }
-    const bool rebin = needed > oldRange || oldRange == 0;
-    if (rebin)
-        for (int j = threadIdx.x; j < n; j += blockDim.x) batchHist[j] = 0;
+    if (!lastBlockDone(&a.batch->done[0])) return;
+    const unsigned long long t0 = globalNs();
+    double grown = 0;
+    const bool rebin = growStep(a, range, hp.n, grown);
+    const unsigned long long t1 = globalNs();
+    if (!rebin) thresholdStep(a, grown, hp.n, g.rowTiles * g.chTiles);
     if (threadIdx.x == 0) {
-        st->range = range;
-        batch->rebin = rebin;
+        a.batch->tailNs[0] = unsigned(t1 - t0);
+        a.batch->tailNs[1] = rebin ? 0u : unsigned(globalNs() - t1);
     }
 }
 
 // Bins the batch again at the grown range (exits at once when the range did not grow). With a
 // zero range (nothing but zeros so far) the CPU's bin index is NaN cast to int64, clamped to 0.
+// The last block sets the threshold.
 template <class T, int V, bool kPow2>
 __global__ void __launch_bounds__(kMaxThreads)
-    rebinKernel(const T* __restrict__ x, Geometry g, HistParams hp,
-                const PersistentState* __restrict__ st, const BatchState* __restrict__ batch,
-                unsigned long long* __restrict__ batchHist)
+    rebinKernel(const T* __restrict__ x, Geometry g, HistParams hp, Accumulators a)
 {
-    if (!batch->rebin) return;
+    if (!a.batch->rebin) return;
     extern __shared__ unsigned shHist[];
-    const double range = st->range;
+    const double range = a.st->range;
     const Binner binner = Binner::make(range, hp.n);
     unsigned* myHist = shHist + ((threadIdx.x >> 5) % hp.copies) * hp.n;
     zeroShared(shHist, hp.n * hp.copies);
@@ -408,58 +652,12 @@ __global__ void __launch_bounds__(kMaxThreads)
     counter.flush(myHist, hp.n / 2);
     if (zeroRangeCount) atomicAdd(&myHist[0], zeroRangeCount);
     __syncthreads();
-    flushShared(shHist, hp, batchHist);
-}
+    flushShared(shHist, hp, a.batchHist);
 
-// Adds the batch histogram to the running one and clears it; with k > 0 also finds the top-k
-// threshold: fold the batch histogram on |x|, find the highest bin f with at least k values at or
-// above it; any value below (f - 2) bin widths has k values strictly larger (one bin of margin for
-// the bin-edge rounding) and cannot enter.
-__global__ void __launch_bounds__(kOneBlockThreads)
-    thresholdKernel(const PersistentState* __restrict__ st, BatchState* __restrict__ batch,
-                    unsigned long long* __restrict__ hist,
-                    unsigned long long* __restrict__ batchHist, int n, int k,
-                    const TopEntry* __restrict__ top)
-{
-    using Scan = cub::BlockScan<unsigned long long, kOneBlockThreads>;
-    __shared__ typename Scan::TempStorage scanStorage;
-    __shared__ int boundary;
-    const int half = n / 2;
-    if (k > 0) {
-        // Thread t holds the folded bins of chunk u = 1023 - t, so the scan runs from the top.
-        const int per = (half + kOneBlockThreads - 1) / kOneBlockThreads;
-        const int u = kOneBlockThreads - 1 - int(threadIdx.x);
-        const int lo = min(u * per, half), hi = min(lo + per, half);
-        unsigned long long chunk = 0;
-        for (int j = lo; j < hi; ++j) chunk += batchHist[half + j] + batchHist[half - 1 - j];
-        unsigned long long above = 0;
-        Scan(scanStorage).InclusiveSum(chunk, above);
-        if (threadIdx.x == 0) boundary = 0;
-        __syncthreads();
-        if (above >= (unsigned long long)k && above - chunk < (unsigned long long)k) {
-            unsigned long long acc = above - chunk;
-            for (int j = hi - 1; j >= lo; --j) {
-                acc += batchHist[half + j] + batchHist[half - 1 - j];
-                if (acc >= (unsigned long long)k) {
-                    boundary = j;
-                    break;
-                }
-            }
-        }
-        __syncthreads();
-    }
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        hist[j] += batchHist[j];
-        batchHist[j] = 0;
-    }
-    if (threadIdx.x == 0 && k > 0) {
-        const double width = 2 * st->range / n;
-        batch->thrLo = boundary >= 2 ? __double2float_rd((boundary - 2) * width) : 0.0f;
-        const bool full = st->topCount >= k;
-        batch->full = full;
-        batch->floorAbs = full ? fabsf(top[k - 1].value) : -1.0f;
-        batch->candCount = 0;
-    }
+    if (!lastBlockDone(&a.batch->done[1])) return;
+    const unsigned long long t0 = globalNs();
+    thresholdStep(a, range, hp.n, g.rowTiles * g.chTiles);
+    if (threadIdx.x == 0) a.batch->tailNs[1] = unsigned(globalNs() - t0);
 }
 
 // Merges the shared key buffer down to its k largest keys; returns the new count.
@@ -472,108 +670,154 @@ __device__ int mergeKeys(unsigned long long* keys, int count, int k, unsigned lo
     return kept;
 }
 
-// Each block keeps the top-k (by key) of the values of its tiles that pass the thresholds, then
-// appends them to the candidate list (at most k per block).
+// Top-k candidates: the values of the tiles that reach the threshold (and, once the list is full,
+// exceed its k-th |value|). When the histogram shows that few can pass they go straight to the
+// candidate list; otherwise each block keeps the top-k of its own (at most k per block, appended
+// at the end). The last block merges the running list (orders 0..count-1) and the candidates down
+// to k and resolves the entries to value, channel, sample and position.
 template <class T, int V>
 __global__ void __launch_bounds__(kMaxThreads)
-    candidateKernel(const T* __restrict__ x, Geometry g, int k, BatchState* batch,
-                    const unsigned* __restrict__ tileMax, unsigned long long* __restrict__ cand)
+    candidateKernel(const T* __restrict__ x, Geometry g, Accumulators a,
+                    std::int64_t tokensPerSequence, int firstSample)
 {
     __shared__ unsigned long long keys[kKeyBuffer];
     __shared__ int count;
     __shared__ unsigned long long floorKey;  // the block's k-th key once it holds k
-    const float thrLo = batch->thrLo;
+    __shared__ unsigned scanned;
+    BatchState* batch = a.batch;
+    const int k = a.k;
+    const float thr = batch->thr;
     const float floorAbs = batch->floorAbs;
     const bool full = batch->full;
+    const bool direct = batch->direct;
     if (threadIdx.x == 0) {
         count = 0;
         floorKey = 0;
+        scanned = 0;
     }
     __syncthreads();
     const int chTile = blockIdx.x % g.chTiles;
     const int c0 = chTile * g.threads * V + threadIdx.x * V;
     const bool active = c0 < g.channels;
-    const int mergeAt = kKeyBuffer - int(blockDim.x) * V;
     const std::int64_t step = gridDim.x / g.chTiles;
-    for (std::int64_t rt = blockIdx.x / g.chTiles; rt < g.rowTiles; rt += step) {
-        const float tm = __uint_as_float(tileMax[rt * g.chTiles + chTile]);
-        if (tm < thrLo || (full && tm <= floorAbs)) continue;  // uniform across the block
-        const std::int64_t r0 = rt * kRowsPerTile;
-        const std::int64_t r1 = min(r0 + kRowsPerTile, g.rows);
-        for (std::int64_t r = r0; r < r1; ++r) {
-            if (active) {
-                float v[V];
-                loadValues<T, V>(x + r * g.channels + c0, v);
-                const unsigned long long fk = floorKey;
+    if (direct) {
+        // No barriers here: threads leave inactive tiles on their own.
+        for (std::int64_t rt = blockIdx.x / g.chTiles; rt < g.rowTiles; rt += step) {
+            const float tm = __uint_as_float(a.tileMax[rt * g.chTiles + chTile]);
+            if (tm < thr || (full && tm <= floorAbs)) continue;
+            if (threadIdx.x == 0) ++scanned;
+            if (!active) continue;
+            const std::int64_t r0 = rt * kRowsPerTile;
+            const std::int64_t r1 = min(r0 + kRowsPerTile, g.rows);
+            for (std::int64_t r = r0; r < r1; r += kUnroll) {
+                float v[kUnroll][V];
 #pragma unroll
-                for (int i = 0; i < V; ++i) {
-                    const float a = fabsf(v[i]);
-                    if (!(a <= FLT_MAX) || a < thrLo || (full && a <= floorAbs)) continue;
-                    const unsigned long long order =
-                        (unsigned long long)k + (unsigned long long)r * g.channels + (c0 + i);
-                    const unsigned long long key = makeKey(a, order);
-                    if (key > fk) keys[atomicAdd(&count, 1)] = key;
+                for (int u = 0; u < kUnroll; ++u)
+                    if (r + u < r1) loadValues<T, V>(x + (r + u) * g.channels + c0, v[u]);
+#pragma unroll
+                for (int u = 0; u < kUnroll; ++u) {
+                    if (r + u >= r1) break;
+#pragma unroll
+                    for (int i = 0; i < V; ++i) {
+                        const float av = fabsf(v[u][i]);
+                        if (!(av <= FLT_MAX) || av < thr || (full && av <= floorAbs)) continue;
+                        const unsigned long long order = (unsigned long long)k +
+                                                         (unsigned long long)(r + u) * g.channels +
+                                                         (c0 + i);
+                        const unsigned slot = atomicAdd(&batch->candCount, 1u);
+                        if (slot < a.directCapacity)
+                            a.cand[slot] = makeKey(av, order);
+                        else
+                            a.st->overflow = 1;
+                    }
                 }
             }
-            __syncthreads();
-            const int c = count;
-            if (c > mergeAt) {
-                const int kept = mergeKeys(keys, c, k, &floorKey);
-                if (threadIdx.x == 0) count = kept;
+        }
+    } else {
+        const int mergeAt = kKeyBuffer - int(blockDim.x) * V;
+        for (std::int64_t rt = blockIdx.x / g.chTiles; rt < g.rowTiles; rt += step) {
+            const float tm = __uint_as_float(a.tileMax[rt * g.chTiles + chTile]);
+            if (tm < thr || (full && tm <= floorAbs)) continue;  // uniform across the block
+            if (threadIdx.x == 0) ++scanned;
+            const std::int64_t r0 = rt * kRowsPerTile;
+            const std::int64_t r1 = min(r0 + kRowsPerTile, g.rows);
+            for (std::int64_t r = r0; r < r1; ++r) {
+                if (active) {
+                    float v[V];
+                    loadValues<T, V>(x + r * g.channels + c0, v);
+                    const unsigned long long fk = floorKey;
+#pragma unroll
+                    for (int i = 0; i < V; ++i) {
+                        const float av = fabsf(v[i]);
+                        if (!(av <= FLT_MAX) || av < thr || (full && av <= floorAbs)) continue;
+                        const unsigned long long order =
+                            (unsigned long long)k + (unsigned long long)r * g.channels + (c0 + i);
+                        const unsigned long long key = makeKey(av, order);
+                        if (key > fk) keys[atomicAdd(&count, 1)] = key;
+                    }
+                }
+                __syncthreads();
+                const int c = count;
+                if (c > mergeAt) {
+                    const int kept = mergeKeys(keys, c, k, &floorKey);
+                    if (threadIdx.x == 0) count = kept;
+                }
+                __syncthreads();
             }
+        }
+        const int c = count;
+        if (c > 0) {
+            const int kept = mergeKeys(keys, c, k, &floorKey);
+            __shared__ unsigned base;
+            if (threadIdx.x == 0) base = atomicAdd(&batch->candCount, unsigned(kept));
             __syncthreads();
+            for (int i = threadIdx.x; i < kept; i += blockDim.x) {
+                if (base + unsigned(i) < a.candSize)
+                    a.cand[base + i] = keys[i];
+                else
+                    a.st->overflow = 1;
+            }
         }
     }
-    const int c = count;
-    if (c == 0) return;
-    const int kept = mergeKeys(keys, c, k, &floorKey);
-    __shared__ unsigned base;
-    if (threadIdx.x == 0) base = atomicAdd(&batch->candCount, unsigned(kept));
     __syncthreads();
-    for (int i = threadIdx.x; i < kept; i += blockDim.x) cand[base + i] = keys[i];
-}
+    if (threadIdx.x == 0 && scanned) atomicAdd(&batch->tilesScanned, (unsigned long long)scanned);
 
-// One block: the running list (orders 0..count-1) and every block's candidates, merged down to k;
-// entries are resolved back to value, channel, sample and position.
-template <class T>
-__global__ void __launch_bounds__(kOneBlockThreads)
-    mergeTopKernel(const T* __restrict__ x, int channels, std::int64_t tokensPerSequence,
-                   int firstSample, int k, PersistentState* st, const BatchState* batch,
-                   const unsigned long long* __restrict__ cand, const TopEntry* __restrict__ oldTop,
-                   TopEntry* __restrict__ newTop)
-{
-    __shared__ unsigned long long keys[kKeyBuffer];
-    __shared__ unsigned long long unusedFloor;
-    const int oldCount = st->topCount;
-    const unsigned m = batch->candCount;
+    if (!lastBlockDone(&batch->done[2])) return;
+    const unsigned long long t0 = globalNs();
+    const unsigned limit = direct ? a.directCapacity : a.candSize;
+    const unsigned m = min(__ldcg(&batch->candCount), limit);
+    const int oldCount = a.st->topCount;
     for (int i = threadIdx.x; i < oldCount; i += blockDim.x)
-        keys[i] = makeKey(fabsf(oldTop[i].value), (unsigned long long)i);
-    int count = oldCount;
+        keys[i] = makeKey(fabsf(a.top[i].value), (unsigned long long)i);
+    int n = oldCount;  // the running list is sorted already
     for (unsigned from = 0; from < m;) {
-        const unsigned take = min(m - from, unsigned(kKeyBuffer - count));
-        for (unsigned i = threadIdx.x; i < take; i += blockDim.x) keys[count + i] = cand[from + i];
+        const unsigned take = min(m - from, unsigned(kKeyBuffer - n));
+        for (unsigned i = threadIdx.x; i < take; i += blockDim.x)
+            keys[n + i] = __ldcg(a.cand + from + i);
         __syncthreads();
-        count = mergeKeys(keys, count + int(take), k, &unusedFloor);
+        n = mergeKeys(keys, n + int(take), k, &floorKey);
         from += take;
     }
     __syncthreads();
-    for (int p = threadIdx.x; p < count; p += blockDim.x) {
+    for (int p = threadIdx.x; p < n; p += blockDim.x) {
         const unsigned long long order = keyOrder(keys[p]);
         TopEntry e;
         if (order < (unsigned long long)k) {
-            e = oldTop[order];
+            e = a.top[order];
         } else {
             const unsigned long long idx = order - k;
-            const std::int64_t row = std::int64_t(idx / channels);
-            const int channel = int(idx % channels);
+            const std::int64_t row = std::int64_t(idx / g.channels);
             e.value = loadOne(x + idx);
-            e.channel = channel;
+            e.channel = int(idx % g.channels);
             e.sample = firstSample + int(row / tokensPerSequence);
             e.position = int(row % tokensPerSequence);
         }
-        newTop[p] = e;
+        a.nextTop[p] = e;
     }
-    if (threadIdx.x == 0) st->topCount = count;
+    if (threadIdx.x == 0) {
+        a.st->topCount = n;
+        batch->tailNs[2] = unsigned(globalNs() - t0);
+    }
 }
 
 __global__ void addToDouble(const float* __restrict__ src, double* __restrict__ dst, std::size_t n)
@@ -630,7 +874,6 @@ __global__ void tilePointerKernel(const char* x, int elementBytes, std::int64_t 
 }
 
 // ---- host side ---------------------------------------------------------------------------------
-
 template <class T>
 class DeviceArray {
 public:
@@ -717,7 +960,8 @@ struct DeviceStats::Impl {
     bool pow2Bins = false;
     int sms = 1;
     std::int64_t tokens = 0;
-    int current = 0;  // which top buffer holds the running list
+    int current = 0;             // which top buffer holds the running list
+    int blocksPerSm[2][2] = {};  // fused pass occupancy by [bf16][vector loads]; 0: not asked
 
     HessianTiling tiling = HessianTiling::Full;  // resolved (never Auto)
     TileGrid tileGrid;                           // half layouts
@@ -738,9 +982,28 @@ struct DeviceStats::Impl {
     DeviceArray<std::int64_t> tileOffsets;  // Grouped: A, B, C element offsets per tile
     DeviceArray<void*> tilePointers;        // Grouped: per chunk, A, B, C pointer arrays
 
+    bool profiling = false;
+    cudaEvent_t marks[5] = {};  // before the fused pass, after it, the rebin, candidates, Hessian
+    int lastBlocks = 0;
+    std::uint64_t lastTiles = 0;
+
+    Impl() = default;
+    ~Impl()
+    {
+        for (cudaEvent_t e : marks)
+            if (e) cudaEventDestroy(e);
+    }
+    Impl(const Impl&) = delete;
+    Impl& operator=(const Impl&) = delete;
+
     Status allocate();
     Status zero();
-    Geometry geometry(std::int64_t rows, int vec, int maxBlocks) const;
+    Status mark(int i)
+    {
+        if (profiling) QL_CUDA_TRY(cudaEventRecord(marks[i], stream));
+        return {};
+    }
+    Geometry geometry(std::int64_t rows, int vec, int threads, int maxBlocks) const;
     HistParams histParams(int threads) const;
     template <class T>
     Status add(const T* x, std::int64_t rows, std::int64_t sequences, std::int32_t firstSample);
@@ -769,7 +1032,8 @@ Status DeviceStats::Impl::allocate()
         if (config.topK > 0) {
             QL_TRY_STATUS(top[0].allocate(config.topK));
             QL_TRY_STATUS(top[1].allocate(config.topK));
-            QL_TRY_STATUS(cand.allocate(std::size_t(config.topK) * kBlocksPerSm * sms));
+            QL_TRY_STATUS(cand.allocate(
+                std::max<std::size_t>(std::size_t(config.topK) * kBlocksPerSm * sms, kKeyBuffer)));
         }
     }
     if (config.hessian != HessianMode::None) QL_TRY_STATUS(hessian32.allocate(c * c));
@@ -811,6 +1075,7 @@ Status DeviceStats::Impl::zero()
     QL_CUDA_TRY(clear(hist.get(), hist.bytes()));
     QL_CUDA_TRY(clear(batchHist.get(), batchHist.bytes()));
     QL_CUDA_TRY(clear(state.get(), state.bytes()));
+    QL_CUDA_TRY(clear(batch.get(), batch.bytes()));
     QL_CUDA_TRY(clear(hessian32.get(), hessian32.bytes()));
     QL_CUDA_TRY(clear(hessian64.get(), hessian64.bytes()));
     tokens = 0;
@@ -819,13 +1084,12 @@ Status DeviceStats::Impl::zero()
     return {};
 }
 
-Geometry DeviceStats::Impl::geometry(std::int64_t rows, int vec, int maxBlocks) const
+Geometry DeviceStats::Impl::geometry(std::int64_t rows, int vec, int threads, int maxBlocks) const
 {
     Geometry g{};
     g.rows = rows;
     g.channels = config.channels;
-    const int lanes = (config.channels + vec - 1) / vec;
-    g.threads = std::min(kMaxThreads, (lanes + 31) / 32 * 32);
+    g.threads = threads;
     const int width = g.threads * vec;
     g.chTiles = (config.channels + width - 1) / width;
     g.rowTiles = (rows + kRowsPerTile - 1) / kRowsPerTile;
@@ -851,52 +1115,67 @@ template <class T, int V>
 Status DeviceStats::Impl::launchStats(const T* x, std::int64_t rows, std::int64_t tokensPerSequence,
                                       std::int32_t firstSample)
 {
-    const int maxBlocks = kBlocksPerSm * sms;
-    const Geometry g = geometry(rows, V, maxBlocks);
-    const HistParams hp = histParams(g.threads);
+    const int lanes = (config.channels + V - 1) / V;
+    const int threads = std::min(kMaxThreads, (lanes + 31) / 32 * 32);
+    const HistParams hp = histParams(threads);
     const std::size_t smem = std::size_t(hp.copies) * hp.n * sizeof(unsigned);
-    const std::size_t tiles = std::size_t(g.chTiles) * g.rowTiles;
-    if (tileMax.size() < tiles) QL_TRY_STATUS(tileMax.allocate(tiles + tiles / 4));
-    const std::size_t candidates = std::size_t(config.topK) * g.blocks;  // k per block at most
-    if (cand.size() < candidates) QL_TRY_STATUS(cand.allocate(candidates));
-    QL_CUDA_TRY(cudaMemsetAsync(batch.get(), 0, sizeof(BatchState), stream));
-    QL_CUDA_TRY(cudaMemsetAsync(tileMax.get(), 0, tiles * sizeof(unsigned), stream));
-
-    if (pow2Bins)
-        statsKernel<T, V, true><<<g.blocks, g.threads, smem, stream>>>(
-            x, g, hp, state.get(), batch.get(), absMaxBits.get(), sumAbs.get(), sumSq.get(),
-            batchHist.get(), tileMax.get());
-    else
-        statsKernel<T, V, false><<<g.blocks, g.threads, smem, stream>>>(
-            x, g, hp, state.get(), batch.get(), absMaxBits.get(), sumAbs.get(), sumSq.get(),
-            batchHist.get(), tileMax.get());
-    QL_CUDA_TRY(cudaGetLastError());
-    growKernel<<<1, kOneBlockThreads, 0, stream>>>(state.get(), batch.get(), hist.get(),
-                                                   batchHist.get(), bins);
-    QL_CUDA_TRY(cudaGetLastError());
-    if (pow2Bins)
-        rebinKernel<T, V, true><<<g.blocks, g.threads, smem, stream>>>(
-            x, g, hp, state.get(), batch.get(), batchHist.get());
-    else
-        rebinKernel<T, V, false><<<g.blocks, g.threads, smem, stream>>>(
-            x, g, hp, state.get(), batch.get(), batchHist.get());
-    QL_CUDA_TRY(cudaGetLastError());
+    auto statsFn = pow2Bins ? statsKernel<T, V, true> : statsKernel<T, V, false>;
+    auto rebinFn = pow2Bins ? rebinKernel<T, V, true> : rebinKernel<T, V, false>;
+    // As many blocks as stay resident: a second wave would only add per-block atomics and
+    // histogram flushes.
+    int& perSm = blocksPerSm[sizeof(T) == 2 ? 1 : 0][V > 1 ? 1 : 0];
+    if (perSm == 0) {
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, statsFn, threads, smem) !=
+                cudaSuccess ||
+            perSm < 1) {
+            (void)cudaGetLastError();
+            perSm = 2;
+        }
+        perSm = std::min(perSm, kBlocksPerSm);
+    }
+    const Geometry g = geometry(rows, V, threads, perSm * sms);
     const int k = config.topK;
-    thresholdKernel<<<1, kOneBlockThreads, 0, stream>>>(state.get(), batch.get(), hist.get(),
-                                                        batchHist.get(), bins, k,
-                                                        k > 0 ? top[current].get() : nullptr);
+    const std::size_t tiles = std::size_t(g.chTiles) * g.rowTiles;
+    if (k > 0 && tileMax.size() < tiles) QL_TRY_STATUS(tileMax.allocate(tiles + tiles / 4));
+    const std::size_t candidates =
+        std::max<std::size_t>(std::size_t(k) * g.blocks, kKeyBuffer);  // k per block at most
+    if (k > 0 && cand.size() < candidates) QL_TRY_STATUS(cand.allocate(candidates));
+    lastBlocks = g.blocks;
+    lastTiles = tiles;
+
+    Accumulators acc{};
+    acc.st = state.get();
+    acc.batch = batch.get();
+    acc.absMaxBits = absMaxBits.get();
+    acc.sumAbs = sumAbs.get();
+    acc.sumSq = sumSq.get();
+    acc.hist = hist.get();
+    acc.batchHist = batchHist.get();
+    acc.k = k;
+    if (k > 0) {
+        acc.tileMax = tileMax.get();
+        acc.top = top[current].get();
+        acc.nextTop = top[1 - current].get();
+        acc.cand = cand.get();
+        acc.candSize = unsigned(std::min<std::size_t>(cand.size(), UINT_MAX));
+        acc.directCapacity =
+            unsigned(config.topKDirectLimit < 0 ? kKeyBuffer - k
+                                                : std::min(config.topKDirectLimit, kKeyBuffer - k));
+    }
+
+    statsFn<<<g.blocks, g.threads, smem, stream>>>(x, g, hp, acc);
     QL_CUDA_TRY(cudaGetLastError());
+    QL_TRY_STATUS(mark(1));
+    rebinFn<<<g.blocks, g.threads, smem, stream>>>(x, g, hp, acc);
+    QL_CUDA_TRY(cudaGetLastError());
+    QL_TRY_STATUS(mark(2));
     if (k > 0) {
         candidateKernel<T, V>
-            <<<g.blocks, g.threads, 0, stream>>>(x, g, k, batch.get(), tileMax.get(), cand.get());
-        QL_CUDA_TRY(cudaGetLastError());
-        mergeTopKernel<T><<<1, kOneBlockThreads, 0, stream>>>(
-            x, config.channels, tokensPerSequence, firstSample, k, state.get(), batch.get(),
-            cand.get(), top[current].get(), top[1 - current].get());
+            <<<g.blocks, g.threads, 0, stream>>>(x, g, acc, tokensPerSequence, firstSample);
         QL_CUDA_TRY(cudaGetLastError());
         current = 1 - current;
     }
-    return {};
+    return mark(3);
 }
 
 template <class T>
@@ -1041,6 +1320,7 @@ Status DeviceStats::Impl::add(const T* x, std::int64_t rows, std::int64_t sequen
         return makeError(ErrorCode::InvalidArgument,
                          "DeviceStats::add: batch of " + std::to_string(rows) + " × " +
                              std::to_string(c) + " values is too large for one call; split it");
+    QL_TRY_STATUS(mark(0));
     if (config.statistics) {
         constexpr int kVec = vecWidth<T>();
         const bool vec = c % kVec == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0;
@@ -1048,8 +1328,11 @@ Status DeviceStats::Impl::add(const T* x, std::int64_t rows, std::int64_t sequen
             QL_TRY_STATUS((launchStats<T, kVec>(x, rows, tokensPerSequence, firstSample)));
         else
             QL_TRY_STATUS((launchStats<T, 1>(x, rows, tokensPerSequence, firstSample)));
+    } else {
+        for (int i = 1; i <= 3; ++i) QL_TRY_STATUS(mark(i));
     }
     if (config.hessian != HessianMode::None) QL_TRY_STATUS(addHessian(x, rows));
+    QL_TRY_STATUS(mark(4));
     tokens += rows;
     return {};
 }
@@ -1125,6 +1408,52 @@ Status DeviceStats::symmetrize()
 {
     if (!m_impl) return makeError(ErrorCode::InvalidArgument, "DeviceStats: not created");
     return m_impl->symmetrize();
+}
+
+Status DeviceStats::setProfiling(bool on)
+{
+    if (!m_impl) return makeError(ErrorCode::InvalidArgument, "DeviceStats: not created");
+    Impl& m = *m_impl;
+    if (on)
+        for (cudaEvent_t& e : m.marks)
+            if (!e) QL_CUDA_TRY(cudaEventCreate(&e));
+    m.profiling = on;
+    return {};
+}
+
+Result<DeviceStatsProfile> DeviceStats::lastProfile() const
+{
+    if (!m_impl) return makeError(ErrorCode::InvalidArgument, "DeviceStats: not created");
+    const Impl& m = *m_impl;
+    if (!m.profiling || !m.marks[0])
+        return makeError(ErrorCode::InvalidArgument, "DeviceStats: profiling is off");
+    QL_CUDA_TRY(cudaStreamSynchronize(m.stream));
+    float ms[4] = {};
+    for (int i = 0; i < 4; ++i)
+        QL_CUDA_TRY(cudaEventElapsedTime(&ms[i], m.marks[i], m.marks[i + 1]));
+    DeviceStatsProfile p;
+    p.statsMs = ms[0];
+    p.rebinMs = ms[1];
+    p.candidatesMs = ms[2];
+    p.hessianMs = ms[3];
+    p.blocks = m.lastBlocks;
+    p.tiles = m.lastTiles;
+    if (m.config.statistics) {
+        BatchState b{};
+        QL_CUDA_TRY(cudaMemcpy(&b, m.batch.get(), sizeof b, cudaMemcpyDeviceToHost));
+        p.growUs = b.tailNs[0] * 1e-3;
+        p.thresholdUs = b.tailNs[1] * 1e-3;
+        p.mergeUs = m.config.topK > 0 ? b.tailNs[2] * 1e-3 : 0.0;
+        p.rebinned = b.rebin != 0;
+        if (m.config.topK > 0) {
+            p.direct = b.direct != 0;
+            p.candidates = b.candCount;
+            p.passing = b.passing;
+            p.threshold = b.thr;
+            p.tilesScanned = b.tilesScanned;
+        }
+    }
+    return p;
 }
 
 DownloadLane::~DownloadLane()
@@ -1219,6 +1548,10 @@ Status DeviceStats::downloadParts(DeviceStatsParts& out, DownloadLane* lane) con
         PersistentState st{};
         QL_CUDA_TRY(cudaMemcpy(&st, m.state.get(), sizeof st, cudaMemcpyDeviceToHost));
         out.range = st.range;
+        if (st.overflow)
+            return makeError(ErrorCode::Device,
+                             "DeviceStats: the top-k candidate list overflowed (a bug: please "
+                             "report it with the calibration settings)");
         if (m.config.topK > 0 && st.topCount > 0) {
             std::vector<TopEntry> top(st.topCount);
             QL_CUDA_TRY(cudaMemcpy(top.data(), m.top[m.current].get(),

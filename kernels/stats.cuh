@@ -3,21 +3,24 @@
 //
 // add() takes an activation matrix already on the device (rows = tokens, row-major rows ×
 // channels, float32 or bf16) and enqueues everything on the stream; nothing synchronizes until
-// download(). Per batch:
-//   1. one fused pass reads X once: per-channel abs-max, Σ|x| and Σx² (double atomics), the batch
+// download(). Per batch, three kernels and the Hessian GEMMs:
+//   1. the fused pass reads X once: per-channel abs-max, Σ|x| and Σx² (double atomics), the batch
 //      abs-max, the abs-max of every tile (32 rows × one channel tile), and the histogram binned
 //      speculatively at the current range (shared-memory histograms; the two central bins, where
-//      nearly everything lands once massive activations set the range, counted in registers);
-//   2. if the batch exceeds the range, the range grows exactly as the CPU grows it (first range:
-//   the
-//      power of two at or above the batch max; then doublings with pair merges) and the batch is
-//      binned again at the new range — the CPU bins each add() at the range reached after it, and
-//      so does this;
-//   3. top-k: a threshold from the batch histogram (values below it have k larger ones) and the
-//      current k-th |value| skip whole tiles by their abs-max; each block keeps its own top-k of
-//      the surviving values in shared memory (bitonic merges), and one block merges those with the
-//      running list. Ties are broken as the CPU breaks them (earlier rows and channels first, the
-//      running list before the batch) through a 64-bit key: |value| bits above the inverted order;
+//      nearly everything lands once massive activations set the range, counted in registers).
+//      Its last block to finish grows the range exactly as the CPU grows it (first range: the
+//      power of two at or above the batch max; then doublings with pair merges);
+//   2. if the range grew, the batch is binned again at the new range — the CPU bins each add()
+//      at the range reached after it, and so does this. The last block of whichever pass made
+//      the batch histogram final adds it to the running one and sets the top-k threshold: the
+//      larger of a histogram bound (values below it have k larger ones) and the k-th largest
+//      tile abs-max (k tiles hold a value at least that large);
+//   3. top-k: whole tiles below the threshold or the current k-th |value| are skipped. When the
+//      histogram shows that few values can pass, they go straight to one candidate list;
+//      otherwise each block keeps its own top-k in shared memory (bitonic merges). The last block
+//      merges the candidates with the running list. Ties are broken as the CPU breaks them
+//      (earlier rows and channels first, the running list before the batch) through a 64-bit
+//      key: |value| bits above the inverted order;
 //   4. the Hessian XᵀX by cuBLAS: bf16 inputs on tensor cores with float32 accumulation, float32
 //      inputs with CUBLAS_COMPUTE_32F_PEDANTIC (no TF32), beta = 1 across batches; Float64 sums
 //      each batch's float32 product into a double buffer. XᵀX is symmetric, so from 4096 channels
@@ -75,6 +78,29 @@ struct DeviceStatsConfig {
     std::int64_t hessianChunkRows = 0;
     HessianTiling hessianTiling = HessianTiling::Auto;
     int hessianTile = 0;  // Diagonals / Grouped: tile edge, a multiple of 16; 0: 2048
+    // Top-k candidates that may go straight to the candidate list (when the histogram shows
+    // that no more can reach the threshold); beyond, each block keeps its own top-k first.
+    // -1: as many as one merge with the running list takes. Tests set 0 to cover both paths.
+    int topKDirectLimit = -1;
+};
+
+// Benchmarks (`bench hessian --breakdown`): where one add() spends its time. The passes are timed
+// with CUDA events; the serial work that the last block of a pass does alone, with %globaltimer.
+struct DeviceStatsProfile {
+    double statsMs = 0;       // fused pass, including its last block's range growth (and the
+                              // threshold when the range did not grow)
+    double rebinMs = 0;       // binning again at a grown range, with the threshold
+    double candidatesMs = 0;  // top-k candidates, with the merge
+    double hessianMs = 0;     // the Hessian GEMMs (and the float64 sum)
+    double growUs = 0, thresholdUs = 0, mergeUs = 0;  // the last blocks' serial work
+    bool rebinned = false;           // the range grew: the batch was read twice for the histogram
+    bool direct = false;             // candidates went straight to the list (no per-block top-k)
+    std::uint32_t candidates = 0;    // keys the candidate pass produced
+    std::uint32_t passing = 0;       // histogram bound on the values at or above the threshold
+    std::uint64_t tilesScanned = 0;  // tiles whose abs-max reached the threshold
+    std::uint64_t tiles = 0;
+    float threshold = 0;
+    int blocks = 0;  // grid of the streaming passes
 };
 
 constexpr int kMaxHistogramBins = 12288;  // shared-memory histograms
@@ -165,6 +191,11 @@ public:
     // (logically const: the lower triangle is a mirror of the upper one).
     Status downloadParts(DeviceStatsParts& out, DownloadLane* lane = nullptr) const;
     Result<ActivationStats> download(DownloadLane* lane = nullptr) const;
+
+    // Benchmarks: time each pass of add() (see DeviceStatsProfile); lastProfile() waits for the
+    // stream and reports the latest add().
+    Status setProfiling(bool on);
+    Result<DeviceStatsProfile> lastProfile() const;
 
     std::int32_t channels() const;
     std::int64_t tokenCount() const;

@@ -1,7 +1,8 @@
 // bench hessian: times DeviceStats on synthetic activations made on the device (Gaussian, every
 // 61st channel 20× larger, about one value in a million 100× larger: outlier channels and massive
-// activations). Before it is timed, the Hessian is checked against a double-precision dot product
-// of sampled column pairs computed on the host, in both triangles.
+// activations; "massive" data also scales two channels of every 2048th row 1000×, as a model's
+// first token does). Before it is timed, the Hessian is checked against a double-precision dot
+// product of sampled column pairs computed on the host, in both triangles.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -22,7 +23,8 @@ __device__ __forceinline__ unsigned long long splitMix(unsigned long long z)
 }
 
 template <class T>
-__global__ void fillActivations(T* x, std::int64_t rows, int channels, unsigned long long seed)
+__global__ void fillActivations(T* x, std::int64_t rows, int channels, unsigned long long seed,
+                                bool massive)
 {
     const std::int64_t n = rows * channels;
     for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
@@ -34,6 +36,8 @@ __global__ void fillActivations(T* x, std::int64_t rows, int channels, unsigned 
         const int c = int(i % channels);
         if (c % 61 == 7) z *= 20.0f;
         if (((h >> 24) & 0xfffff) == 0x5a5a5) z *= 100.0f;
+        if (massive && (i / channels) % 2048 == 0 && (c == 7 || c == channels / 2 + 3))
+            z *= 1000.0f;
         if constexpr (sizeof(T) == 4)
             x[i] = z;
         else
@@ -126,8 +130,8 @@ Result<StatsBenchResult> run(const StatsBenchConfig& cfg)
     if (!xMem) return xMem.error();
     T* x = static_cast<T*>(*xMem);
     const int fillBlocks = prop.multiProcessorCount * 8;
-    auto fill = [&](unsigned long long seed) -> Status {
-        fillActivations<T><<<fillBlocks, 256, 0, res.stream>>>(x, rows, c, seed);
+    auto fill = [&](unsigned long long seed, bool massive = false) -> Status {
+        fillActivations<T><<<fillBlocks, 256, 0, res.stream>>>(x, rows, c, seed, massive);
         QL_CUDA_TRY(cudaGetLastError());
         return {};
     };
@@ -281,6 +285,51 @@ Result<StatsBenchResult> run(const StatsBenchConfig& cfg)
         if (!secs) return secs.error();
         out.addSeconds = *secs / cfg.repeats;
         out.accumulatorBytes = s->deviceBytes();
+        sample();
+    }
+    if (cfg.breakdown) {
+        // A fresh probe (reset() before each add: calibration runs one add per probe and
+        // forward pass) and a probe that has seen data of the same scale (later adds).
+        for (bool massive : {false, true}) {
+            DeviceStatsConfig pc;
+            pc.channels = c;
+            pc.hessian = HessianMode::Float32;
+            auto s = DeviceStats::create(pc, res.stream, res.blas);
+            if (!s) return s.error();
+            QL_TRY_STATUS(s->setProfiling(true));
+            for (bool first : {true, false}) {
+                StatsPhaseTimes t;
+                t.data = massive ? "massive" : "heavy";
+                t.first = first;
+                t.hessianLayout =
+                    layoutName(s->hessianHalf() ? HessianTiling::Diagonals : HessianTiling::Full,
+                               s->hessianTile());
+                for (int r = 0; r <= cfg.repeats; ++r) {  // the first round warms up
+                    QL_TRY_STATUS(fill(100 + r, massive));
+                    if (first) QL_TRY_STATUS(s->reset());
+                    QL_TRY_STATUS(s->add(x, rows, rows % 2048 == 0 ? rows / 2048 : 1));
+                    auto p = s->lastProfile();
+                    if (!p) return p.error();
+                    if (r == 0) continue;
+                    t.statsMs += p->statsMs / cfg.repeats;
+                    t.rebinMs += p->rebinMs / cfg.repeats;
+                    t.candidatesMs += p->candidatesMs / cfg.repeats;
+                    t.hessianMs += p->hessianMs / cfg.repeats;
+                    t.growUs += p->growUs / cfg.repeats;
+                    t.thresholdUs += p->thresholdUs / cfg.repeats;
+                    t.mergeUs += p->mergeUs / cfg.repeats;
+                    t.rebinned = p->rebinned;
+                    t.direct = p->direct;
+                    t.candidates = p->candidates;
+                    t.passing = p->passing;
+                    t.tilesScanned = p->tilesScanned;
+                    t.tiles = p->tiles;
+                    t.threshold = p->threshold;
+                    t.blocks = p->blocks;
+                }
+                out.phases.push_back(t);
+            }
+        }
         sample();
     }
     out.peakBytes = peak - baseline;

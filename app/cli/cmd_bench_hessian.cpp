@@ -4,9 +4,9 @@
 // checked against a double dot product; bf16 as DeviceStats runs it, GEMMs of 16384 rows, and
 // once as a single GEMM for comparison), the Hessian layouts side by side (the full GEMM and the
 // symmetric halves of HessianTiling), the statistics passes (GB/s of activations read; first
-// batch and steady state), one add with both, and the peak device memory above the CUDA context.
-// Target: bf16 XᵀX ≥ 400 TFLOP/s (the H100's dense bf16 tensor-core peak is about 990); exit
-// status 1 when missed.
+// batch and steady state), one add with both, the peak device memory above the CUDA context, and
+// with --breakdown the time of each pass of one add. Target: bf16 XᵀX ≥ 400 TFLOP/s (the H100's
+// dense bf16 tensor-core peak is about 990); exit status 1 when missed.
 //
 // Built only with CUDA; cmd_bench_hessian_nocuda.cpp stands in otherwise.
 #include <algorithm>
@@ -27,7 +27,7 @@ constexpr double kTargetTflops = 400.0;
 
 const std::string_view kBenchHessianHelp =
     "usage: quantlens-cli bench hessian [--channels N,N...] [--tokens N] [--dtype bf16|f32]\n"
-    "                                   [--repeat N] [--no-layouts]\n\n"
+    "                                   [--repeat N] [--breakdown] [--no-layouts]\n\n"
     "Calibration statistics on the GPU, on synthetic heavy-tailed activations (outlier\n"
     "channels, rare massive values) of tokens × channels made on the device:\n"
     "  XᵀX     the Hessian accumulation (cuBLAS; bf16 on tensor cores with float32\n"
@@ -43,9 +43,13 @@ const std::string_view kBenchHessianHelp =
     "          share of the full work computed and the mirror into the lower triangle\n"
     "          (--no-layouts skips them);\n"
     "  add     both together, as calibration runs them;\n"
-    "and the peak device memory above the CUDA context. Defaults: --channels 4096,14336\n"
-    "--tokens 262144 --dtype bf16 --repeat 3. Target: bf16 XᵀX >= 400 TFLOP/s (exit status 1\n"
-    "when missed).\n";
+    "and the peak device memory above the CUDA context. --breakdown: the time of each pass of\n"
+    "one add (fused pass, rebinning, top-k candidates, XᵀX; the serial work of the passes'\n"
+    "last blocks) for a fresh probe and a later batch, on heavy-tailed data and on data with\n"
+    "massive first-token activations; e.g. --channels 2048,8192 --tokens 32768 --breakdown\n"
+    "is one Llama-3.2-1B calibration batch of 16 × 2048 tokens. Defaults: --channels\n"
+    "4096,14336 --tokens 262144 --dtype bf16 --repeat 3. Target: bf16 XᵀX >= 400 TFLOP/s\n"
+    "(exit status 1 when missed).\n";
 
 std::string formatMs(double seconds)
 {
@@ -67,6 +71,33 @@ void printLayouts(const ql::cuda::StatsBenchResult& r)
     }
 }
 
+void printPhases(const ql::cuda::StatsBenchResult& r, std::int64_t tokens, std::int64_t channels)
+{
+    if (r.phases.empty()) return;
+    const auto& p0 = r.phases.front();
+    std::printf("  breakdown one add of %s × %s, grid of %d blocks, XᵀX %s:\n",
+                formatCount(tokens).c_str(), formatCount(channels).c_str(), p0.blocks,
+                p0.hessianLayout.c_str());
+    for (const auto& p : r.phases) {
+        const double total = p.statsMs + p.rebinMs + p.candidatesMs;
+        std::printf(
+            "    %-7s %-11s fused %.3f ms  rebin %.3f ms  top-k %.3f ms  (statistics "
+            "%.3f ms, %.0f GB/s of X)  XᵀX %.3f ms\n",
+            p.data.c_str(), p.first ? "fresh probe" : "later batch", p.statsMs, p.rebinMs,
+            p.candidatesMs, total, total > 0 ? double(r.inputBytes) / (total * 1e-3) * 1e-9 : 0.0,
+            p.hessianMs);
+        std::printf("    %-19s last blocks: grow %.1f µs, threshold %.1f µs, merge %.1f µs; %s\n",
+                    "", p.growUs, p.thresholdUs, p.mergeUs,
+                    p.rebinned ? "range grew: binned twice" : "range kept: binned once");
+        std::printf(
+            "    %-19s top-k threshold %.4g: %s of %s tiles read, %u keys (histogram "
+            "bound %u), %s\n",
+            "", double(p.threshold), formatCount(std::int64_t(p.tilesScanned)).c_str(),
+            formatCount(std::int64_t(p.tiles)).c_str(), p.candidates, p.passing,
+            p.direct ? "straight to the list" : "per-block top-k");
+    }
+}
+
 }  // namespace
 
 int runBenchHessian(Args args)
@@ -75,7 +106,7 @@ int runBenchHessian(Args args)
     std::int64_t tokens = 262144;
     bool bf16 = true;
     int repeat = 3;
-    bool layouts = true;
+    bool breakdown = false, layouts = true;
     ArgParser p(args);
     while (p.next()) {
         if (p.is("--help") || p.is("-h")) {
@@ -110,6 +141,8 @@ int runBenchHessian(Args args)
             }
         } else if (p.is("--repeat")) {
             if (auto n = p.integer(1, 100)) repeat = int(*n);
+        } else if (p.is("--breakdown")) {
+            breakdown = true;
         } else if (p.is("--no-layouts")) {
             layouts = false;
         } else {
@@ -128,6 +161,7 @@ int runBenchHessian(Args args)
         config.tokens = tokens;
         config.bf16 = bf16;
         config.repeats = repeat;
+        config.breakdown = breakdown;
         config.layouts = layouts;
         auto r = ql::cuda::benchCalibrationStats(config);
         if (!r) return fail(r.error().message);
@@ -158,6 +192,7 @@ int runBenchHessian(Args args)
                     formatMs(r->addSeconds).c_str(), formatBytes(r->accumulatorBytes).c_str());
         std::printf("  memory    peak %s on the device above the CUDA context\n",
                     formatBytes(r->peakBytes).c_str());
+        printPhases(*r, tokens, c);
         if (bf16) {
             const bool ok = r->hessianTflops >= kTargetTflops;
             targetOk = targetOk && ok;

@@ -511,6 +511,68 @@ private slots:
         QCOMPARE(differing, std::size_t(0));
     }
 
+    // Top-k through both candidate paths (straight to the list, and per-block top-k first) on
+    // data whose threshold lets many or few values through.
+    void topKPathsMatchCpu_data()
+    {
+        QTest::addColumn<int>("data");
+        QTest::addColumn<int>("channels");
+        QTest::addColumn<int>("topK");
+        QTest::addColumn<int>("directLimit");
+        for (int limit : {-1, 0}) {
+            const char* path = limit ? "direct when few" : "per-block always";
+            QTest::newRow(qPrintable(QString("heavy 512ch top32, %1").arg(path)))
+                << int(Data::Heavy) << 512 << 32 << limit;
+            QTest::newRow(qPrintable(QString("growth 256ch top300, %1").arg(path)))
+                << int(Data::Growth) << 256 << 300 << limit;
+            QTest::newRow(qPrintable(QString("ties 128ch top100, %1").arg(path)))
+                << int(Data::Ties) << 128 << 100 << limit;
+            QTest::newRow(qPrintable(QString("zeros first 96ch top64, %1").arg(path)))
+                << int(Data::Zeros) << 96 << 64 << limit;
+        }
+    }
+    void topKPathsMatchCpu()
+    {
+        QFETCH(int, data);
+        QFETCH(int, channels);
+        QFETCH(int, topK);
+        QFETCH(int, directLimit);
+        const std::int64_t sequences = 8, tokens = 64, rows = sequences * tokens;
+        const std::vector<float> x = makeData(Data(data), rows, channels, sequences, 41 + topK);
+        DeviceScope dev;
+        QVERIFY(dev.open());
+        float* dx = dev.upload(x);
+        QVERIFY(dx);
+        cuda::DeviceStatsConfig config;
+        config.channels = channels;
+        config.hessian = cuda::HessianMode::None;
+        config.topK = topK;
+        config.topKDirectLimit = directLimit;
+        auto s = cuda::DeviceStats::create(config, dev.stream, dev.blas);
+        QVERIFY2(s.ok(), s.ok() ? "" : s.error().message.c_str());
+        QVERIFY(s->setProfiling(true).ok());
+        const int batches = 4;
+        int direct = 0;
+        for (int b = 0; b < batches; ++b) {
+            const std::int64_t s0 = sequences * b / batches, s1 = sequences * (b + 1) / batches;
+            QVERIFY(
+                s->add(dx + s0 * tokens * channels, (s1 - s0) * tokens, s1 - s0, std::int32_t(s0))
+                    .ok());
+            auto p = s->lastProfile();
+            QVERIFY(p.ok());
+            direct += p->direct;
+        }
+        if (directLimit == 0) QCOMPARE(direct, 0);
+        qInfo("%d of %d batches sent their candidates straight to the list", direct, batches);
+        auto got = s->download();
+        QVERIFY2(got.ok(), got.ok() ? "" : got.error().message.c_str());
+        RunnerStatsOptions o;
+        o.hessian = HessianPrecision::None;
+        o.topK = topK;
+        const ActivationStats cpu = cpuPerSequence(x, rows, channels, sequences, 0, o);
+        compareStats(*got, x, rows, channels, sequences, batches, o, cpu);
+    }
+
     void resetStartsAfresh()
     {
         const int c = 128;
