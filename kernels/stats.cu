@@ -1,7 +1,8 @@
 // Calibration statistics on the GPU (see stats.cuh for the design). Kernels, in launch order for
 // one add(): statsKernel (fused pass; its last block grows the range and, when the range did not
-// grow, sets the top-k threshold), rebinKernel (exits at once unless the range grew; its last
-// block sets the threshold), candidateKernel (top-k candidates; its last block merges them into
+// grow or the first batch was binned at block-local ranges, sets the top-k threshold),
+// rebinKernel (exits at once unless the batch must be binned again; its last block sets the
+// threshold), candidateKernel (top-k candidates; its last block merges them into
 // the running list), then the cuBLAS Hessian. The serial steps run in the last block of a pass to
 // finish (a counter in BatchState) rather than as one-block kernels of their own: each launch on
 // the statistics stream waits for a free SM slot behind the forward pass's kernels.
@@ -29,6 +30,12 @@ constexpr std::int64_t kMaxGemmRows = std::int64_t(1) << 30;
 constexpr std::int64_t kBf16GemmRows = 16384;  // see DeviceStatsConfig::hessianChunkRows
 constexpr int kDefaultHessianTile = 2048;
 constexpr std::int32_t kAutoHalfChannels = 4096;  // HessianTiling::Auto
+// A probe's first batch (DeviceStatsConfig::firstBatchOnePass): block-local ranges 2^e go to
+// slot e mod kRangeSlots (stored as e + kRangeBias, 0 = free); values at or above a block's range
+// wait in a shared buffer of kDeferred until the range grows at the end of their tile.
+constexpr int kRangeSlots = 32;
+constexpr int kRangeBias = 1024;
+constexpr int kDeferred = 512;
 // Top-k keys: |value| bits (31) above 33 bits of inverted order (running list first, then the
 // batch in row-major order).
 constexpr int kOrderBits = 33;
@@ -52,6 +59,10 @@ struct BatchState {
     unsigned done[3];    // blocks finished: fused pass, rebin, candidates (the last one resets)
     unsigned tailNs[3];  // the last blocks' serial work: grow, threshold, merge (profiling)
     unsigned long long tilesScanned;  // tiles the candidate pass read (profiling)
+    // First batch in one pass (all zero between batches):
+    unsigned localFallback;       // bin again at the final range (see localMerge)
+    unsigned negMinInv;           // ~bits of the smallest |x| of a negative value; 0: none
+    unsigned long long zeroOnly;  // values of blocks that saw nothing but zeros
 };
 
 struct TopEntry {
@@ -89,6 +100,20 @@ struct Accumulators {
     unsigned candSize;              // their capacity (k per block at least)
     unsigned directCapacity;        // candidates that fit one merge with the running list
     int k;
+    unsigned long long* slotHist;  // first batch in one pass: kRangeSlots × n, by block range
+    int* slotExp;                  // their range exponents + kRangeBias (0: free)
+};
+
+// First batch in one pass: a block's state in dynamic shared memory after its histogram copies
+// and the merge scratch.
+struct LocalRange {
+    float deferred[kDeferred];
+    float range;  // the block's range 2^exponent (0 until it sees a nonzero value)
+    int exponent;
+    float runMax;    // the block's abs-max so far
+    unsigned count;  // values waiting in deferred
+    int fallback;    // a deferred value was lost or the range overflowed float
+    int conflict;    // the block's range slot holds another exponent
 };
 
 template <class T>
@@ -496,34 +521,174 @@ __device__ void thresholdStep(const Accumulators& a, double range, int n, std::i
     __syncthreads();
 }
 
+// floor(i / 2^s) for a bin offset i: the bin at a range 2^s times larger (pow2 bin counts).
+__device__ __forceinline__ int coarserOffset(int i, int s)
+{
+    if (s >= 31) return i < 0 ? -1 : 0;
+    return i >= 0 ? i >> s : -(((-i - 1) >> s) + 1);
+}
+
+// The block's shared histogram copies re-binned at a range 2^s times larger, into copy 0.
+__device__ __forceinline__ void coarsenShared(unsigned* h, unsigned* scratch, const HistParams& hp,
+                                              int s)
+{
+    const int half = hp.n / 2;
+    for (int j = threadIdx.x; j < hp.n; j += blockDim.x) scratch[j] = 0;
+    __syncthreads();
+    for (int c = 0; c < hp.copies; ++c)
+        for (int j = threadIdx.x; j < hp.n; j += blockDim.x) {
+            const unsigned v = h[c * hp.n + j];
+            if (v) atomicAdd(&scratch[half + coarserOffset(j - half, s)], v);
+        }
+    __syncthreads();
+    for (int c = 0; c < hp.copies; ++c)
+        for (int j = threadIdx.x; j < hp.n; j += blockDim.x) h[c * hp.n + j] = c ? 0 : scratch[j];
+    __syncthreads();
+}
+
+// A probe's first batch in one pass: every block binned its values at its own range 2^e (a power
+// of two above everything it saw) into slot e. With power-of-two bins, binning at 2^e and
+// re-binning at the final range R = 2^E (offset floor(i / 2^(E - e))) equals binning at R,
+// provided that e <= E (a block's max exactly R = 2^E would have e = E + 1), and no negative
+// value lies in (2^e·2^-54, R·2^-54] (those go to bin 0 at R but not at 2^e, see Binner). Then
+// the slots, merged into the batch histogram, are final; otherwise (or when a deferred value
+// was lost) the batch is binned again at R. Run by the fused pass's last block after growStep;
+// clears the slots for the next first batch. Returns whether the batch must be binned again.
+__device__ bool localMerge(const Accumulators& a, double oldRange, double range, bool rebin, int n)
+{
+    __shared__ int use;
+    const int half = n / 2;
+    int e = 0;
+    frexp(range, &e);
+    const int top = e - 1;  // range = 2^top
+    if (threadIdx.x == 0) {
+        bool ok = oldRange == 0 && range > 0 && __ldcg(&a.batch->localFallback) == 0;
+        const unsigned inv = __ldcg(&a.batch->negMinInv);
+        if (inv != 0 && double(__uint_as_float(~inv)) <= range * 0x1p-54) ok = false;
+        for (int s = 0; s < kRangeSlots; ++s) {
+            const int biased = __ldcg(a.slotExp + s);
+            if (biased && biased - kRangeBias > top) ok = false;
+        }
+        use = ok;
+    }
+    __syncthreads();
+    const bool ok = use;
+    for (int s = 0; s < kRangeSlots; ++s) {
+        const int biased = __ldcg(a.slotExp + s);
+        if (!biased) continue;
+        unsigned long long* slot = a.slotHist + std::size_t(s) * n;
+        for (int j = threadIdx.x; j < n; j += blockDim.x) {
+            const unsigned long long count = __ldcg(slot + j);
+            if (!count) continue;
+            if (ok)
+                atomicAdd(&a.batchHist[half + coarserOffset(j - half, top - (biased - kRangeBias))],
+                          count);
+            slot[j] = 0;
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        if (ok) {
+            const unsigned long long zeros = __ldcg(&a.batch->zeroOnly);
+            if (zeros) atomicAdd(&a.batchHist[half], zeros);
+        }
+        for (int s = 0; s < kRangeSlots; ++s) a.slotExp[s] = 0;
+        a.batch->localFallback = 0;
+        a.batch->negMinInv = 0;
+        a.batch->zeroOnly = 0;
+        a.batch->rebin = !ok;
+    }
+    if (!ok && !rebin)  // (not on a first batch) the batch histogram was never made
+        for (int j = threadIdx.x; j < n; j += blockDim.x) a.batchHist[j] = 0;
+    __syncthreads();
+    return !ok;
+}
+
 // ---- kernels -----------------------------------------------------------------------------------
 
 // The fused pass: per-channel moments and abs-max, batch and tile abs-max, speculative histogram;
-// the last block grows the range (and sets the threshold when it did not grow).
-template <class T, int V, bool kPow2>
+// the last block grows the range (and sets the threshold when it did not grow). kLocal (a probe's
+// first batch, power-of-two bins): instead of the speculative histogram, each block bins at a
+// range of its own — set from its first nonzero tile, read twice (the second time from cache),
+// and grown at the end of a tile whose values reached it (they wait in a shared buffer) — and the
+// last block merges the blocks' histograms at the final range (localMerge): the batch is read
+// once instead of twice.
+template <class T, int V, bool kPow2, bool kLocal>
 __global__ void __launch_bounds__(kMaxThreads, 2)
     statsKernel(const T* __restrict__ x, Geometry g, HistParams hp, Accumulators a)
 {
     extern __shared__ unsigned shHist[];
     __shared__ float warpTileMax[2][kMaxThreads / 32];  // by tile parity (one barrier per tile)
     const double range = a.st->range;
-    const bool binning = range > 0;
-    const Binner binner = Binner::make(range, hp.n);
+    const bool binning = !kLocal && range > 0;
+    Binner binner = Binner::make(range, hp.n);
     unsigned* myHist = shHist + ((threadIdx.x >> 5) % hp.copies) * hp.n;
-    if (binning) zeroShared(shHist, hp.n * hp.copies);
+    unsigned* scratch = shHist + hp.copies * hp.n;                       // kLocal only
+    LocalRange& local = *reinterpret_cast<LocalRange*>(scratch + hp.n);  // kLocal only
+    float localRange = 0.0f;
+    float minNeg = INFINITY;  // smallest |x| of a negative value (kLocal)
+    if (binning || kLocal) zeroShared(shHist, hp.n * hp.copies);
+    if (kLocal && threadIdx.x == 0) {
+        local.range = 0.0f;
+        local.exponent = -1024;  // growing from 0: any shift leaves the zeros in the middle bin
+        local.runMax = 0.0f;
+        local.count = 0;
+        local.fallback = 0;
+        local.conflict = 0;
+    }
+    if constexpr (kLocal) binner = Binner::make(0.0, hp.n);
     __syncthreads();
 
     const int chTile = blockIdx.x % g.chTiles;
     const int c0 = chTile * g.threads * V + threadIdx.x * V;
     const bool active = c0 < g.channels;
+    const std::int64_t step = gridDim.x / g.chTiles;
+    if constexpr (kLocal) {
+        // The block's range from its first tile (read twice, the second time from cache): a power
+        // of two above every value, so that no value sits on it. Later values at or above it wait
+        // until the end of their tile, where the range grows (from 0 too: zeros stay in the
+        // middle bin at any range).
+        const std::int64_t rt = blockIdx.x / g.chTiles;
+        const std::int64_t r0 = rt * kRowsPerTile;
+        const std::int64_t r1 = min(r0 + kRowsPerTile, g.rows);
+        float m = 0.0f;
+        if (active && rt < g.rowTiles)
+            for (std::int64_t r = r0; r < r1; r += kUnroll) {
+                float v[kUnroll][V];
+#pragma unroll
+                for (int u = 0; u < kUnroll; ++u)
+                    if (r + u < r1) loadValues<T, V>(x + (r + u) * g.channels + c0, v[u]);
+#pragma unroll
+                for (int u = 0; u < kUnroll; ++u) {
+                    if (r + u >= r1) break;
+#pragma unroll
+                    for (int i = 0; i < V; ++i) {
+                        const float av = fabsf(v[u][i]);
+                        if (av <= FLT_MAX) m = fmaxf(m, av);
+                    }
+                }
+            }
+        m = warpMax(m);
+        if ((threadIdx.x & 31) == 0) warpTileMax[1][threadIdx.x >> 5] = m;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            for (int w = 0; w < int(blockDim.x >> 5); ++w) m = fmaxf(m, warpTileMax[1][w]);
+            if (m > 0.0f) {
+                local.exponent = ilogbf(m) + 1;
+                local.range = local.exponent > 127 ? INFINITY : ldexpf(1.0f, local.exponent);
+                local.fallback |= local.exponent > 127;
+            }
+        }
+        __syncthreads();
+        localRange = local.range;
+        binner = Binner::make(localRange, hp.n);
+    }
     float amax[V];
     double sa[V], sq[V];
 #pragma unroll
     for (int i = 0; i < V; ++i) amax[i] = 0.0f, sa[i] = 0.0, sq[i] = 0.0;
-    float threadMax = 0.0f;
     HistCounter counter;
     int parity = 0;
-    const std::int64_t step = gridDim.x / g.chTiles;
     for (std::int64_t rt = blockIdx.x / g.chTiles; rt < g.rowTiles; rt += step) {
         const std::int64_t r0 = rt * kRowsPerTile;
         const std::int64_t r1 = min(r0 + kRowsPerTile, g.rows);
@@ -551,7 +716,17 @@ __global__ void __launch_bounds__(kMaxThreads, 2)
                         tam[i] = fmaxf(tam[i], av);
                         pa[i] += av;
                         pq[i] = fmaf(v[u][i], v[u][i], pq[i]);
-                        if (binning) counter.add(binner.offset<kPow2>(v[u][i]), myHist, hp.n / 2);
+                        if constexpr (kLocal) {
+                            if (v[u][i] < 0.0f) minNeg = fminf(minNeg, av);
+                            if (av < localRange || av == 0.0f) {
+                                counter.add(binner.offset<true>(v[u][i]), myHist, hp.n / 2);
+                            } else {
+                                const unsigned slot = atomicAdd(&local.count, 1u);
+                                if (slot < kDeferred) local.deferred[slot] = v[u][i];
+                            }
+                        } else if (binning) {
+                            counter.add(binner.offset<kPow2>(v[u][i]), myHist, hp.n / 2);
+                        }
                     }
                 }
 #pragma unroll
@@ -567,20 +742,44 @@ __global__ void __launch_bounds__(kMaxThreads, 2)
             }
         }
         tmax = warpMax(tmax);
-        threadMax = fmaxf(threadMax, tmax);
-        if (a.tileMax) {
+        if (a.tileMax || kLocal) {
             // Every tile is one block's: one plain store each, so no memset and no atomics.
             if ((threadIdx.x & 31) == 0) warpTileMax[parity][threadIdx.x >> 5] = tmax;
             __syncthreads();
             if (threadIdx.x == 0) {
                 float m = 0.0f;
                 for (int w = 0; w < int(blockDim.x >> 5); ++w) m = fmaxf(m, warpTileMax[parity][w]);
-                a.tileMax[rt * g.chTiles + chTile] = __float_as_uint(m);
+                if (a.tileMax) a.tileMax[rt * g.chTiles + chTile] = __float_as_uint(m);
+                if (kLocal) local.runMax = fmaxf(local.runMax, m);
             }
             parity ^= 1;
         }
+        if constexpr (kLocal) {
+            __syncthreads();  // local.count and local.runMax
+            const unsigned waiting = local.count;
+            if (waiting > 0) {
+                // Values reached the block's range: a range above the block's max, the histogram
+                // re-binned at it, then the waiting values.
+                counter.flush(myHist, hp.n / 2);
+                const int grown = ilogbf(local.runMax) + 1;
+                coarsenShared(shHist, scratch, hp, grown - local.exponent);
+                localRange = grown > 127 ? INFINITY : ldexpf(1.0f, grown);
+                binner = Binner::make(localRange, hp.n);
+                for (unsigned d = threadIdx.x; d < min(waiting, unsigned(kDeferred));
+                     d += blockDim.x)
+                    atomicAdd(&shHist[hp.n / 2 + binner.offset<true>(local.deferred[d])], 1u);
+                __syncthreads();
+                if (threadIdx.x == 0) {
+                    local.fallback |= waiting > unsigned(kDeferred) || grown > 127;
+                    local.exponent = grown;
+                    local.range = localRange;
+                    local.count = 0;
+                }
+                __syncthreads();
+            }
+        }
     }
-    if (binning) counter.flush(myHist, hp.n / 2);
+    if (binning || kLocal) counter.flush(myHist, hp.n / 2);
     if (active) {
 #pragma unroll
         for (int i = 0; i < V; ++i) {
@@ -589,15 +788,48 @@ __global__ void __launch_bounds__(kMaxThreads, 2)
             if (sq[i] != 0.0) atomicAdd(&a.sumSq[c0 + i], sq[i]);
         }
     }
+    float threadMax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < V; ++i) threadMax = fmaxf(threadMax, amax[i]);
+    threadMax = warpMax(threadMax);
     if ((threadIdx.x & 31) == 0 && threadMax > 0.0f)
         atomicMax(&a.batch->maxBits, __float_as_uint(threadMax));
+    if constexpr (kLocal) {
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1)
+            minNeg = fminf(minNeg, __shfl_xor_sync(0xffffffffu, minNeg, o));
+        if ((threadIdx.x & 31) == 0 && minNeg < INFINITY)
+            atomicMax(&a.batch->negMinInv, ~__float_as_uint(minNeg));
+    }
     __syncthreads();
     if (binning) flushShared(shHist, hp, a.batchHist);
+    if constexpr (kLocal) {
+        if (localRange == 0.0f) {
+            // Nothing but zeros (and non-finite values): all in the middle bin at any range.
+            if (threadIdx.x == 0) {
+                unsigned long long zeros = 0;
+                for (int c = 0; c < hp.copies; ++c) zeros += shHist[c * hp.n + hp.n / 2];
+                if (zeros) atomicAdd(&a.batch->zeroOnly, zeros);
+            }
+        } else {
+            const int slot = ((local.exponent % kRangeSlots) + kRangeSlots) % kRangeSlots;
+            if (threadIdx.x == 0) {
+                const int biased = local.exponent + kRangeBias;
+                const int held = atomicCAS(a.slotExp + slot, 0, biased);
+                local.conflict = held != 0 && held != biased;
+            }
+            __syncthreads();
+            if (!local.conflict) flushShared(shHist, hp, a.slotHist + std::size_t(slot) * hp.n);
+        }
+        if (threadIdx.x == 0 && (local.fallback || local.conflict))
+            atomicOr(&a.batch->localFallback, 1u);
+    }
 
     if (!lastBlockDone(&a.batch->done[0])) return;
     const unsigned long long t0 = globalNs();
     double grown = 0;
-    const bool rebin = growStep(a, range, hp.n, grown);
+    bool rebin = growStep(a, range, hp.n, grown);
+    if constexpr (kLocal) rebin = localMerge(a, range, grown, rebin, hp.n);
     const unsigned long long t1 = globalNs();
     if (!rebin) thresholdStep(a, grown, hp.n, g.rowTiles * g.chTiles);
     if (threadIdx.x == 0) {
@@ -960,8 +1192,8 @@ struct DeviceStats::Impl {
     bool pow2Bins = false;
     int sms = 1;
     std::int64_t tokens = 0;
-    int current = 0;             // which top buffer holds the running list
-    int blocksPerSm[2][2] = {};  // fused pass occupancy by [bf16][vector loads]; 0: not asked
+    int current = 0;                // which top buffer holds the running list
+    int blocksPerSm[2][2][2] = {};  // fused pass occupancy by [bf16][vector loads][first batch]
 
     HessianTiling tiling = HessianTiling::Full;  // resolved (never Auto)
     TileGrid tileGrid;                           // half layouts
@@ -977,6 +1209,8 @@ struct DeviceStats::Impl {
     DeviceArray<TopEntry> top[2];
     DeviceArray<unsigned long long> cand;
     DeviceArray<unsigned> tileMax;
+    DeviceArray<unsigned long long> slotHist;  // first batch in one pass: by block range
+    DeviceArray<int> slotExp;
     DeviceArray<float> hessian32;   // Float32: the accumulator; Float64: one batch's product
     DeviceArray<double> hessian64;  // Float64 accumulator
     DeviceArray<std::int64_t> tileOffsets;  // Grouped: A, B, C element offsets per tile
@@ -986,6 +1220,7 @@ struct DeviceStats::Impl {
     cudaEvent_t marks[5] = {};  // before the fused pass, after it, the rebin, candidates, Hessian
     int lastBlocks = 0;
     std::uint64_t lastTiles = 0;
+    bool lastLocal = false;  // the latest add ran the first-batch one-pass kernel
 
     Impl() = default;
     ~Impl()
@@ -1035,6 +1270,10 @@ Status DeviceStats::Impl::allocate()
             QL_TRY_STATUS(cand.allocate(
                 std::max<std::size_t>(std::size_t(config.topK) * kBlocksPerSm * sms, kKeyBuffer)));
         }
+        if (config.firstBatchOnePass && pow2Bins) {
+            QL_TRY_STATUS(slotHist.allocate(std::size_t(kRangeSlots) * bins));
+            QL_TRY_STATUS(slotExp.allocate(kRangeSlots));
+        }
     }
     if (config.hessian != HessianMode::None) QL_TRY_STATUS(hessian32.allocate(c * c));
     if (config.hessian == HessianMode::Float64) QL_TRY_STATUS(hessian64.allocate(c * c));
@@ -1076,6 +1315,8 @@ Status DeviceStats::Impl::zero()
     QL_CUDA_TRY(clear(batchHist.get(), batchHist.bytes()));
     QL_CUDA_TRY(clear(state.get(), state.bytes()));
     QL_CUDA_TRY(clear(batch.get(), batch.bytes()));
+    QL_CUDA_TRY(clear(slotHist.get(), slotHist.bytes()));
+    QL_CUDA_TRY(clear(slotExp.get(), slotExp.bytes()));
     QL_CUDA_TRY(clear(hessian32.get(), hessian32.bytes()));
     QL_CUDA_TRY(clear(hessian64.get(), hessian64.bytes()));
     tokens = 0;
@@ -1119,13 +1360,24 @@ Status DeviceStats::Impl::launchStats(const T* x, std::int64_t rows, std::int64_
     const int threads = std::min(kMaxThreads, (lanes + 31) / 32 * 32);
     const HistParams hp = histParams(threads);
     const std::size_t smem = std::size_t(hp.copies) * hp.n * sizeof(unsigned);
-    auto statsFn = pow2Bins ? statsKernel<T, V, true> : statsKernel<T, V, false>;
+    // A probe's first batch (nothing added since creation or reset(): the range is 0) with
+    // power-of-two bins is binned in the fused pass at block-local ranges; the merge scratch and
+    // the block's state follow its histogram copies.
+    const bool local = tokens == 0 && config.firstBatchOnePass && pow2Bins && slotHist.get();
+    const std::size_t statsSmem =
+        local ? smem + std::size_t(hp.n) * sizeof(unsigned) + sizeof(LocalRange) : smem;
+    auto statsFn = local      ? statsKernel<T, V, true, true>
+                   : pow2Bins ? statsKernel<T, V, true, false>
+                              : statsKernel<T, V, false, false>;
     auto rebinFn = pow2Bins ? rebinKernel<T, V, true> : rebinKernel<T, V, false>;
+    if (statsSmem > 48 * 1024)
+        QL_CUDA_TRY(cudaFuncSetAttribute(statsFn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         int(statsSmem)));
     // As many blocks as stay resident: a second wave would only add per-block atomics and
     // histogram flushes.
-    int& perSm = blocksPerSm[sizeof(T) == 2 ? 1 : 0][V > 1 ? 1 : 0];
+    int& perSm = blocksPerSm[sizeof(T) == 2 ? 1 : 0][V > 1 ? 1 : 0][local ? 1 : 0];
     if (perSm == 0) {
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, statsFn, threads, smem) !=
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, statsFn, threads, statsSmem) !=
                 cudaSuccess ||
             perSm < 1) {
             (void)cudaGetLastError();
@@ -1142,6 +1394,7 @@ Status DeviceStats::Impl::launchStats(const T* x, std::int64_t rows, std::int64_
     if (k > 0 && cand.size() < candidates) QL_TRY_STATUS(cand.allocate(candidates));
     lastBlocks = g.blocks;
     lastTiles = tiles;
+    lastLocal = local;
 
     Accumulators acc{};
     acc.st = state.get();
@@ -1163,7 +1416,9 @@ Status DeviceStats::Impl::launchStats(const T* x, std::int64_t rows, std::int64_
                                                 : std::min(config.topKDirectLimit, kKeyBuffer - k));
     }
 
-    statsFn<<<g.blocks, g.threads, smem, stream>>>(x, g, hp, acc);
+    acc.slotHist = slotHist.get();
+    acc.slotExp = slotExp.get();
+    statsFn<<<g.blocks, g.threads, statsSmem, stream>>>(x, g, hp, acc);
     QL_CUDA_TRY(cudaGetLastError());
     QL_TRY_STATUS(mark(1));
     rebinFn<<<g.blocks, g.threads, smem, stream>>>(x, g, hp, acc);
@@ -1445,6 +1700,7 @@ Result<DeviceStatsProfile> DeviceStats::lastProfile() const
         p.thresholdUs = b.tailNs[1] * 1e-3;
         p.mergeUs = m.config.topK > 0 ? b.tailNs[2] * 1e-3 : 0.0;
         p.rebinned = b.rebin != 0;
+        p.onePass = m.lastLocal && !p.rebinned;
         if (m.config.topK > 0) {
             p.direct = b.direct != 0;
             p.candidates = b.candCount;
@@ -1617,8 +1873,9 @@ std::uint64_t DeviceStats::deviceBytes() const
     const Impl& m = *m_impl;
     return m.absMaxBits.bytes() + m.sumAbs.bytes() + m.sumSq.bytes() + m.hist.bytes() +
            m.batchHist.bytes() + m.state.bytes() + m.batch.bytes() + m.top[0].bytes() +
-           m.top[1].bytes() + m.cand.bytes() + m.tileMax.bytes() + m.hessian32.bytes() +
-           m.hessian64.bytes() + m.tileOffsets.bytes() + m.tilePointers.bytes();
+           m.top[1].bytes() + m.cand.bytes() + m.tileMax.bytes() + m.slotHist.bytes() +
+           m.slotExp.bytes() + m.hessian32.bytes() + m.hessian64.bytes() + m.tileOffsets.bytes() +
+           m.tilePointers.bytes();
 }
 
 }  // namespace ql::cuda

@@ -9,12 +9,15 @@
 //      speculatively at the current range (shared-memory histograms; the two central bins, where
 //      nearly everything lands once massive activations set the range, counted in registers).
 //      Its last block to finish grows the range exactly as the CPU grows it (first range: the
-//      power of two at or above the batch max; then doublings with pair merges);
-//   2. if the range grew, the batch is binned again at the new range — the CPU bins each add()
-//      at the range reached after it, and so does this. The last block of whichever pass made
-//      the batch histogram final adds it to the running one and sets the top-k threshold: the
-//      larger of a histogram bound (values below it have k larger ones) and the k-th largest
-//      tile abs-max (k tiles hold a value at least that large);
+//      power of two at or above the batch max; then doublings with pair merges). A probe's first
+//      batch has no range to bin at: each block bins at a power-of-two range of its own, and the
+//      last block re-bins those histograms at the final range, which is exact for power-of-two
+//      bin counts (firstBatchOnePass) — calibration adds one batch per probe and forward pass;
+//   2. if the range grew (or a first batch could not be merged), the batch is binned again at the
+//      new range — the CPU bins each add() at the range reached after it, and so does this. The
+//      last block of whichever pass made the batch histogram final adds it to the running one and
+//      sets the top-k threshold: the larger of a histogram bound (values below it have k larger
+//      ones) and the k-th largest tile abs-max (k tiles hold a value at least that large);
 //   3. top-k: whole tiles below the threshold or the current k-th |value| are skipped. When the
 //      histogram shows that few values can pass, they go straight to one candidate list;
 //      otherwise each block keeps its own top-k in shared memory (bitonic merges). The last block
@@ -82,6 +85,11 @@ struct DeviceStatsConfig {
     // that no more can reach the threshold); beyond, each block keeps its own top-k first.
     // -1: as many as one merge with the running list takes. Tests set 0 to cover both paths.
     int topKDirectLimit = -1;
+    // A probe's first batch (what calibration adds: one batch per probe and forward pass) read
+    // once instead of twice: binned at block-local ranges and merged exactly at the final range
+    // (power-of-two bin counts; see stats.cu, localMerge). false: binned again like a batch that
+    // grows the range.
+    bool firstBatchOnePass = true;
 };
 
 // Benchmarks (`bench hessian --breakdown`): where one add() spends its time. The passes are timed
@@ -94,6 +102,7 @@ struct DeviceStatsProfile {
     double hessianMs = 0;     // the Hessian GEMMs (and the float64 sum)
     double growUs = 0, thresholdUs = 0, mergeUs = 0;  // the last blocks' serial work
     bool rebinned = false;           // the range grew: the batch was read twice for the histogram
+    bool onePass = false;            // a first batch binned at block ranges in the fused pass
     bool direct = false;             // candidates went straight to the list (no per-block top-k)
     std::uint32_t candidates = 0;    // keys the candidate pass produced
     std::uint32_t passing = 0;       // histogram bound on the values at or above the threshold

@@ -319,6 +319,7 @@ Result<StatsBenchResult> run(const StatsBenchConfig& cfg)
                     t.thresholdUs += p->thresholdUs / cfg.repeats;
                     t.mergeUs += p->mergeUs / cfg.repeats;
                     t.rebinned = p->rebinned;
+                    t.onePass = p->onePass;
                     t.direct = p->direct;
                     t.candidates = p->candidates;
                     t.passing = p->passing;

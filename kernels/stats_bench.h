@@ -37,7 +37,7 @@ struct StatsPhaseTimes {
     bool first = false;  // a fresh probe (what calibration runs: one add per forward) or later
     double statsMs = 0, rebinMs = 0, candidatesMs = 0, hessianMs = 0;
     double growUs = 0, thresholdUs = 0, mergeUs = 0;
-    bool rebinned = false, direct = false;
+    bool rebinned = false, onePass = false, direct = false;
     std::uint32_t candidates = 0, passing = 0;
     std::uint64_t tilesScanned = 0, tiles = 0;
     float threshold = 0;

@@ -88,7 +88,9 @@ void printPhases(const ql::cuda::StatsBenchResult& r, std::int64_t tokens, std::
             p.hessianMs);
         std::printf("    %-19s last blocks: grow %.1f µs, threshold %.1f µs, merge %.1f µs; %s\n",
                     "", p.growUs, p.thresholdUs, p.mergeUs,
-                    p.rebinned ? "range grew: binned twice" : "range kept: binned once");
+                    p.onePass    ? "binned once, at block ranges merged at the end"
+                    : p.rebinned ? "binned twice (range grew)"
+                                 : "binned once (range kept)");
         std::printf(
             "    %-19s top-k threshold %.4g: %s of %s tiles read, %u keys (histogram "
             "bound %u), %s\n",

@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <random>
 #include <span>
 
@@ -45,10 +46,12 @@ namespace {
 const char* kModel = "models/stories260K/stories260K.gguf";
 const char* kText = "text/calibration/tiny.txt";
 
-enum class Data { Heavy, Growth, Ties, NonFinite, Zeros };
+enum class Data { Heavy, Growth, Ties, NonFinite, Zeros, Tiny };
 
 // tokens × channels; `sequences` equal sequences. Growth: sequence s is scaled by 4^(s·4/S) so
-// the range grows on every batch of a 4-batch split; Ties: integers (many equal |x| at the top).
+// the range grows on every batch of a 4-batch split; Ties: integers (many equal |x| at the top);
+// Tiny: some values ±1e-30 (a negative one is in bin 0 at a range above 2^54 · 1e-30, in bin -1
+// below).
 std::vector<float> makeData(Data kind, std::int64_t rows, int channels, std::int64_t sequences,
                             unsigned seed)
 {
@@ -66,6 +69,9 @@ std::vector<float> makeData(Data kind, std::int64_t rows, int channels, std::int
             x[r * channels + j] = v;
         }
     }
+    if (kind == Data::Tiny)
+        for (std::int64_t i = 3; i < std::int64_t(x.size()); i += 1009)
+            x[i] = (i / 1009) % 2 ? -1e-30f : 1e-30f;
     if (kind == Data::NonFinite) {
         const float inf = std::numeric_limits<float>::infinity();
         const float nan = std::numeric_limits<float>::quiet_NaN();
@@ -571,6 +577,89 @@ private slots:
         o.topK = topK;
         const ActivationStats cpu = cpuPerSequence(x, rows, channels, sequences, 0, o);
         compareStats(*got, x, rows, channels, sequences, batches, o, cpu);
+    }
+
+    // A probe's first batch binned at block-local ranges and merged at the final range
+    // (firstBatchOnePass) against the CPU, exactly, and against the same batch binned twice;
+    // enough rows that blocks see several tiles and grow their range (Heavy, Growth), zeros
+    // before the first nonzero values, and tiny negative values (merging would misplace them:
+    // the batch must fall back to binning twice).
+    void firstBatchOnePassMatchesCpu_data()
+    {
+        QTest::addColumn<int>("data");
+        QTest::addColumn<int>("channels");
+        QTest::addColumn<int>("bins");
+        QTest::addColumn<int>("onePass");  // expected DeviceStatsProfile::onePass; -1: either
+        QTest::newRow("heavy 64ch") << int(Data::Heavy) << 64 << 2048 << 1;
+        QTest::newRow("heavy 198ch scalar loads 512 bins") << int(Data::Heavy) << 198 << 512 << 1;
+        QTest::newRow("NaN and inf 64ch") << int(Data::NonFinite) << 64 << 2048 << 1;
+        QTest::newRow("growth 64ch") << int(Data::Growth) << 64 << 2048 << -1;
+        QTest::newRow("ties 64ch") << int(Data::Ties) << 64 << 2048 << -1;
+        QTest::newRow("zeros first 64ch") << int(Data::Zeros) << 64 << 2048 << -1;
+        QTest::newRow("tiny negatives 64ch: binned twice") << int(Data::Tiny) << 64 << 2048 << 0;
+        QTest::newRow("heavy 96ch 1000 bins: binned twice") << int(Data::Heavy) << 96 << 1000 << 0;
+    }
+    void firstBatchOnePassMatchesCpu()
+    {
+        QFETCH(int, data);
+        QFETCH(int, channels);
+        QFETCH(int, bins);
+        QFETCH(int, onePass);
+        const Data kind = Data(data);
+        const std::int64_t sequences = 16, tokens = 4096, rows = sequences * tokens;
+        const std::vector<float> x = makeData(kind, rows, channels, sequences, 51 + channels);
+        DeviceScope dev;
+        QVERIFY(dev.open());
+        float* dx = dev.upload(x);
+        QVERIFY(dx);
+        RunnerStatsOptions o;
+        o.hessian = HessianPrecision::None;
+        o.histogramBins = bins;
+        o.topK = 32;
+        const ActivationStats cpu = cpuPerSequence(x, rows, channels, sequences, 0, o);
+        std::optional<ActivationStats> previous;
+        for (bool merged : {true, false}) {
+            cuda::DeviceStatsConfig config;
+            config.channels = channels;
+            config.hessian = cuda::HessianMode::None;
+            config.histogramBins = bins;
+            config.topK = 32;
+            config.firstBatchOnePass = merged;
+            auto s = cuda::DeviceStats::create(config, dev.stream, dev.blas);
+            QVERIFY2(s.ok(), s.ok() ? "" : s.error().message.c_str());
+            QVERIFY(s->setProfiling(true).ok());
+            QVERIFY(s->add(dx, rows, sequences, 0).ok());
+            auto p = s->lastProfile();
+            QVERIFY(p.ok());
+            qInfo("firstBatchOnePass %d: binned %s", int(merged),
+                  p->onePass ? "once at block ranges" : "twice");
+            if (merged && onePass >= 0) QCOMPARE(p->onePass, onePass == 1);
+            if (!merged) QVERIFY(!p->onePass);
+            auto got = s->download();
+            QVERIFY2(got.ok(), got.ok() ? "" : got.error().message.c_str());
+            compareStats(*got, x, rows, channels, sequences, 1, o, cpu);
+            if (QTest::currentTestFailed()) return;
+            if (previous) {
+                QCOMPARE(got->histogram().counts, previous->histogram().counts);
+                QCOMPARE(got->histogram().range, previous->histogram().range);
+            }
+            previous = std::move(got).value();
+        }
+        // A second batch after the first: the usual path, on the merged histogram.
+        cuda::DeviceStatsConfig config;
+        config.channels = channels;
+        config.hessian = cuda::HessianMode::None;
+        config.histogramBins = bins;
+        config.topK = 32;
+        auto s = cuda::DeviceStats::create(config, dev.stream, dev.blas);
+        QVERIFY(s.ok());
+        const std::int64_t half = rows / 2;
+        QVERIFY(s->add(dx, half, sequences / 2, 0).ok());
+        QVERIFY(
+            s->add(dx + half * channels, half, sequences / 2, std::int32_t(sequences / 2)).ok());
+        auto got = s->download();
+        QVERIFY(got.ok());
+        compareStats(*got, x, rows, channels, sequences, 2, o, cpu);
     }
 
     void resetStartsAfresh()
