@@ -3,24 +3,32 @@
 //
 // add() takes an activation matrix already on the device (rows = tokens, row-major rows ×
 // channels, float32 or bf16) and enqueues everything on the stream; nothing synchronizes until
-// download(). Per batch:
-//   1. one fused pass reads X once: per-channel abs-max, Σ|x| and Σx² (double atomics), the batch
+// download(). Per batch, three kernels and the Hessian GEMMs:
+//   1. the fused pass reads X once: per-channel abs-max, Σ|x| and Σx² (double atomics), the batch
 //      abs-max, the abs-max of every tile (32 rows × one channel tile), and the histogram binned
 //      speculatively at the current range (shared-memory histograms; the two central bins, where
-//      nearly everything lands once massive activations set the range, counted in registers);
-//   2. if the batch exceeds the range, the range grows exactly as the CPU grows it (first range:
-//   the
-//      power of two at or above the batch max; then doublings with pair merges) and the batch is
-//      binned again at the new range — the CPU bins each add() at the range reached after it, and
-//      so does this;
-//   3. top-k: a threshold from the batch histogram (values below it have k larger ones) and the
-//      current k-th |value| skip whole tiles by their abs-max; each block keeps its own top-k of
-//      the surviving values in shared memory (bitonic merges), and one block merges those with the
-//      running list. Ties are broken as the CPU breaks them (earlier rows and channels first, the
-//      running list before the batch) through a 64-bit key: |value| bits above the inverted order;
+//      nearly everything lands once massive activations set the range, counted in registers).
+//      Its last block to finish grows the range exactly as the CPU grows it (first range: the
+//      power of two at or above the batch max; then doublings with pair merges). A probe's first
+//      batch has no range to bin at: each block bins at a power-of-two range of its own, and the
+//      last block re-bins those histograms at the final range, which is exact for power-of-two
+//      bin counts (firstBatchOnePass) — calibration adds one batch per probe and forward pass;
+//   2. if the range grew (or a first batch could not be merged), the batch is binned again at the
+//      new range — the CPU bins each add() at the range reached after it, and so does this. The
+//      last block of whichever pass made the batch histogram final adds it to the running one and
+//      sets the top-k threshold: the larger of a histogram bound (values below it have k larger
+//      ones) and the k-th largest tile abs-max (k tiles hold a value at least that large);
+//   3. top-k: whole tiles below the threshold or the current k-th |value| are skipped. When the
+//      histogram shows that few values can pass, they go straight to one candidate list;
+//      otherwise each block keeps its own top-k in shared memory (bitonic merges). The last block
+//      merges the candidates with the running list. Ties are broken as the CPU breaks them
+//      (earlier rows and channels first, the running list before the batch) through a 64-bit
+//      key: |value| bits above the inverted order;
 //   4. the Hessian XᵀX by cuBLAS: bf16 inputs on tensor cores with float32 accumulation, float32
 //      inputs with CUBLAS_COMPUTE_32F_PEDANTIC (no TF32), beta = 1 across batches; Float64 sums
-//      each batch's float32 product into a double buffer.
+//      each batch's float32 product into a double buffer. XᵀX is symmetric, so from 4096 channels
+//      only the tiles on and above the diagonal are computed (see HessianTiling); symmetrize()
+//      mirrors the rest when someone reads it.
 // The result equals ActivationStats::add over the same rows: abs-max, histogram and top-k exactly,
 // sums and Hessian to rounding. The histogram differs only where the CPU's own result depends on
 // how rows are split into add() calls (a value exactly at a smaller intermediate range).
@@ -49,6 +57,17 @@ namespace ql::cuda {
 
 enum class HessianMode { None, Float32, Float64 };  // mirrors ql::HessianPrecision
 
+// How the Hessian GEMMs cover the C × C accumulator. Full: one GEMM per chunk of rows. The half
+// layouts split the channels into tiles of hessianTile (the last one smaller when it does not
+// divide) and compute only the tiles on and above the diagonal — the upper triangle, row-major
+// (column >= row; cuBLAS, column-major, sees it as its lower triangle): Diagonals runs one
+// strided-batched GEMM per tile diagonal, Grouped one pointer-array batched GEMM for all equal
+// tiles. They do about (1 + 1/tiles) / 2 of the full work; with few tiles per diagonal a GEMM
+// may fill only part of the GPU, which `quantlens-cli bench hessian` measures. Auto: Diagonals
+// with 2048-channel tiles from 4096 channels (below that the full GEMM is about one wave of
+// tiles on an H100 and halving it saves nothing), else Full.
+enum class HessianTiling { Auto, Full, Diagonals, Grouped };
+
 struct DeviceStatsConfig {
     std::int32_t channels = 0;
     HessianMode hessian = HessianMode::Float32;
@@ -60,6 +79,37 @@ struct DeviceStatsConfig {
     // accumulate a GEMM's products with truncation, which biases long sums (about 1e-3 relative
     // over 262144 rows in one GEMM); the epilogue's addition rounds to nearest.
     std::int64_t hessianChunkRows = 0;
+    HessianTiling hessianTiling = HessianTiling::Auto;
+    int hessianTile = 0;  // Diagonals / Grouped: tile edge, a multiple of 16; 0: 2048
+    // Top-k candidates that may go straight to the candidate list (when the histogram shows
+    // that no more can reach the threshold); beyond, each block keeps its own top-k first.
+    // -1: as many as one merge with the running list takes. Tests set 0 to cover both paths.
+    int topKDirectLimit = -1;
+    // A probe's first batch (what calibration adds: one batch per probe and forward pass) read
+    // once instead of twice: binned at block-local ranges and merged exactly at the final range
+    // (power-of-two bin counts; see stats.cu, localMerge). false: binned again like a batch that
+    // grows the range.
+    bool firstBatchOnePass = true;
+};
+
+// Benchmarks (`bench hessian --breakdown`): where one add() spends its time. The passes are timed
+// with CUDA events; the serial work that the last block of a pass does alone, with %globaltimer.
+struct DeviceStatsProfile {
+    double statsMs = 0;       // fused pass, including its last block's range growth (and the
+                              // threshold when the range did not grow)
+    double rebinMs = 0;       // binning again at a grown range, with the threshold
+    double candidatesMs = 0;  // top-k candidates, with the merge
+    double hessianMs = 0;     // the Hessian GEMMs (and the float64 sum)
+    double growUs = 0, thresholdUs = 0, mergeUs = 0;  // the last blocks' serial work
+    bool rebinned = false;           // the range grew: the batch was read twice for the histogram
+    bool onePass = false;            // a first batch binned at block ranges in the fused pass
+    bool direct = false;             // candidates went straight to the list (no per-block top-k)
+    std::uint32_t candidates = 0;    // keys the candidate pass produced
+    std::uint32_t passing = 0;       // histogram bound on the values at or above the threshold
+    std::uint64_t tilesScanned = 0;  // tiles whose abs-max reached the threshold
+    std::uint64_t tiles = 0;
+    float threshold = 0;
+    int blocks = 0;  // grid of the streaming passes
 };
 
 constexpr int kMaxHistogramBins = 12288;  // shared-memory histograms
@@ -138,19 +188,35 @@ public:
     // Zero every accumulator (collection starts afresh).
     Status reset();
 
+    // With a half layout (HessianTiling) add() accumulates only the upper triangle of the
+    // Hessian (row-major: column >= row); this enqueues the mirror of it into the lower one on the
+    // stream, for the Float32 or the Float64 accumulator. Nothing to do when no add() ran since
+    // the last call. download() calls it; a device reader of deviceHessian32() / 64() calls it
+    // after the last add() and reads after the stream has run it.
+    Status symmetrize();
+
     // Waits for the stream and copies the accumulators back; the Hessian through `lane` when
-    // given (see DownloadLane), else with plain cudaMemcpy.
+    // given (see DownloadLane), else with plain cudaMemcpy. The Hessian is symmetrized first
+    // (logically const: the lower triangle is a mirror of the upper one).
     Status downloadParts(DeviceStatsParts& out, DownloadLane* lane = nullptr) const;
     Result<ActivationStats> download(DownloadLane* lane = nullptr) const;
+
+    // Benchmarks: time each pass of add() (see DeviceStatsProfile); lastProfile() waits for the
+    // stream and reports the latest add().
+    Status setProfiling(bool on);
+    Result<DeviceStatsProfile> lastProfile() const;
 
     std::int32_t channels() const;
     std::int64_t tokenCount() const;
     std::uint64_t deviceBytes() const;  // accumulators and scratch held on the device
     // The Hessian accumulator on the device (channels × channels; symmetric, so row- and
     // column-major alike), for device-side consumers such as GPTQ; null when not kept in that
-    // precision. Valid once the stream has run the adds.
+    // precision. Complete once the stream has run the adds and a symmetrize() after them; before
+    // that a half layout leaves the lower triangle stale (hessianHalf()).
     const float* deviceHessian32() const;   // HessianMode::Float32
     const double* deviceHessian64() const;  // HessianMode::Float64
+    bool hessianHalf() const;               // a half layout is in use (HessianTiling)
+    int hessianTile() const;                // its tile edge; 0 with the full GEMM
     bool valid() const { return m_impl != nullptr; }
 
     struct Impl;

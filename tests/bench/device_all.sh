@@ -55,7 +55,9 @@ if want forward1b && [ "$(left)" -gt 60 ]; then
   timeout 60 $cli bench forward /tmp/l1b --seqlen 2048 --batch 1 2>&1 | tee $OUT/bench_forward_1b.log | grep -vE "^\s*$" | tail -6
 fi
 if want hessian && [ "$(left)" -gt 60 ]; then
-  log "bench hessian"; timeout 60 $cli bench hessian 2>&1 | tee $OUT/bench_hessian.log | tail -8
+  log "bench hessian"; timeout 60 $cli bench hessian 2>&1 | tee $OUT/bench_hessian.log | tail -24
+  log "bench hessian: Llama-3.2-1B widths, one calibration batch, time per pass"
+  timeout 60 $cli bench hessian --channels 2048,8192 --tokens 32768 --breakdown 2>&1 | tee $OUT/bench_hessian_1b.log | tail -34
 fi
 if want gptq && [ "$(left)" -gt 60 ]; then
   log "bench gptq"; timeout 120 $cli bench gptq 2>&1 | tee $OUT/bench_gptq.log | tail -16

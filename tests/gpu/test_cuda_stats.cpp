@@ -15,14 +15,20 @@
 // - Hessian, bf16 inputs (tensor cores, float32 accumulation) against the CPU double Hessian of
 //   the bf16-rounded inputs: 1e-4 · sqrt(H_ii · H_jj) (bf16 products are exact in float32; the
 //   budget is float32 accumulation over the batch).
+// - The symmetric half Hessian (HessianTiling: tiles on and above the diagonal, mirrored on
+//   read) has the same budgets, and after symmetrize() the device matrix is exactly symmetric
+//   and equal to the download.
 // Data: heavy-tailed (Student-t, 3 dof) with outlier channels, batches growing 4× (range growth
 // on every add), exact ties, NaN/inf, all-zero batches, and the real linear-layer inputs of
 // stories260K captured from the CPU forward pass.
 #include <QtTest>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <random>
+#include <span>
 
 #include "calib/activation_stats.h"
 #include "calib/dataset.h"
@@ -40,10 +46,12 @@ namespace {
 const char* kModel = "models/stories260K/stories260K.gguf";
 const char* kText = "text/calibration/tiny.txt";
 
-enum class Data { Heavy, Growth, Ties, NonFinite, Zeros };
+enum class Data { Heavy, Growth, Ties, NonFinite, Zeros, Tiny };
 
 // tokens × channels; `sequences` equal sequences. Growth: sequence s is scaled by 4^(s·4/S) so
-// the range grows on every batch of a 4-batch split; Ties: integers (many equal |x| at the top).
+// the range grows on every batch of a 4-batch split; Ties: integers (many equal |x| at the top);
+// Tiny: some values ±1e-30 (a negative one is in bin 0 at a range above 2^54 · 1e-30, in bin -1
+// below).
 std::vector<float> makeData(Data kind, std::int64_t rows, int channels, std::int64_t sequences,
                             unsigned seed)
 {
@@ -61,6 +69,9 @@ std::vector<float> makeData(Data kind, std::int64_t rows, int channels, std::int
             x[r * channels + j] = v;
         }
     }
+    if (kind == Data::Tiny)
+        for (std::int64_t i = 3; i < std::int64_t(x.size()); i += 1009)
+            x[i] = (i / 1009) % 2 ? -1e-30f : 1e-30f;
     if (kind == Data::NonFinite) {
         const float inf = std::numeric_limits<float>::infinity();
         const float nan = std::numeric_limits<float>::quiet_NaN();
@@ -241,6 +252,18 @@ struct DeviceScope {
         return cudaStreamCreate(&stream) == cudaSuccess &&
                cublasCreate(&blas) == CUBLAS_STATUS_SUCCESS;
     }
+    __nv_bfloat16* uploadBf16(const std::vector<float>& x)
+    {
+        std::vector<std::uint16_t> bits(x.size());
+        std::transform(x.begin(), x.end(), bits.begin(), cuda::bf16Bits);
+        void* p = nullptr;
+        if (cudaMalloc(&p, bits.size() * sizeof(std::uint16_t)) != cudaSuccess) return nullptr;
+        buffers.push_back(p);
+        if (cudaMemcpy(p, bits.data(), bits.size() * sizeof(std::uint16_t),
+                       cudaMemcpyHostToDevice) != cudaSuccess)
+            return nullptr;
+        return static_cast<__nv_bfloat16*>(p);
+    }
     float* upload(const std::vector<float>& x)
     {
         void* p = nullptr;
@@ -312,6 +335,8 @@ private slots:
             << 172 << 3 << 96 << 3 << f64 << 2048 << 16 << true << int(Data::Heavy);
         QTest::newRow("bf16 heavy 2048ch 1024 rows H32")
             << 2048 << 4 << 256 << 2 << f32 << 2048 << 64 << true << int(Data::Heavy);
+        QTest::newRow("bf16 heavy 4096ch half Hessian H32")
+            << 4096 << 4 << 32 << 2 << f32 << 2048 << 32 << true << int(Data::Heavy);
     }
     void randomMatchesCpu()
     {
@@ -379,6 +404,262 @@ private slots:
               static_cast<long long>(rows), e, eb);
         QVERIFY2(e <= 1e-5, qPrintable(QString("f32 Hessian error %1").arg(e)));
         QVERIFY2(eb <= 1e-4, qPrintable(QString("bf16 Hessian error %1").arg(eb)));
+    }
+
+    // The symmetric half Hessian: every layout against the CPU double Hessian over two add()s
+    // with a download between them (the second add accumulates into the upper triangle over a
+    // lower one the first download mirrored), with tiles that do not divide the channels, chunks
+    // of rows, Float32 and Float64.
+    void halfHessianMatchesCpu_data()
+    {
+        QTest::addColumn<int>("channels");
+        QTest::addColumn<int>("rows");  // per add
+        QTest::addColumn<int>("tiling");
+        QTest::addColumn<int>("tile");
+        QTest::addColumn<int>("chunkRows");
+        QTest::addColumn<bool>("bf16");
+        QTest::addColumn<int>("hessian");
+        QTest::addColumn<bool>("half");  // expected hessianHalf()
+        const int diagonals = int(cuda::HessianTiling::Diagonals),
+                  grouped = int(cuda::HessianTiling::Grouped),
+                  full = int(cuda::HessianTiling::Full), automatic = int(cuda::HessianTiling::Auto);
+        const int f32 = int(cuda::HessianMode::Float32), f64 = int(cuda::HessianMode::Float64);
+        QTest::newRow("f32 diagonals 256ch tile 64 H32")
+            << 256 << 300 << diagonals << 64 << 0 << false << f32 << true;
+        QTest::newRow("f32 diagonals 300ch tile 64 (last 44) H64")
+            << 300 << 257 << diagonals << 64 << 0 << false << f64 << true;
+        QTest::newRow("f32 grouped 300ch tile 64 (last 44) chunks of 100 H32")
+            << 300 << 257 << grouped << 64 << 100 << false << f32 << true;
+        QTest::newRow("f32 grouped 272ch tile 128 (last 16) H64")
+            << 272 << 200 << grouped << 128 << 0 << false << f64 << true;
+        QTest::newRow("f32 tile 320 >= 300ch: full GEMM")
+            << 300 << 100 << diagonals << 320 << 0 << false << f32 << false;
+        QTest::newRow("bf16 diagonals 1000ch tile 256 (last 232) chunks of 512 H32")
+            << 1000 << 1500 << diagonals << 256 << 512 << true << f32 << true;
+        QTest::newRow("bf16 grouped 1024ch tile 256 H64")
+            << 1024 << 700 << grouped << 256 << 0 << true << f64 << true;
+        QTest::newRow("bf16 grouped 600ch tile 128 (last 88) H32")
+            << 600 << 640 << grouped << 128 << 0 << true << f32 << true;
+        QTest::newRow("bf16 full 640ch H32")
+            << 640 << 640 << full << 0 << 0 << true << f32 << false;
+        QTest::newRow("bf16 auto 2048ch: full GEMM")
+            << 2048 << 96 << automatic << 0 << 0 << true << f32 << false;
+        QTest::newRow("bf16 auto 4096ch: diagonals of 2048 H32")
+            << 4096 << 64 << automatic << 0 << 0 << true << f32 << true;
+    }
+    void halfHessianMatchesCpu()
+    {
+        QFETCH(int, channels);
+        QFETCH(int, rows);
+        QFETCH(int, tiling);
+        QFETCH(int, tile);
+        QFETCH(int, chunkRows);
+        QFETCH(bool, bf16);
+        QFETCH(int, hessian);
+        QFETCH(bool, half);
+        const int c = channels;
+        std::vector<float> x = makeData(Data::Heavy, 2 * std::int64_t(rows), c, 2, 31 + c);
+        if (bf16) x = roundedToBf16(std::move(x));
+        DeviceScope dev;
+        QVERIFY(dev.open());
+        float* dx = bf16 ? nullptr : dev.upload(x);
+        __nv_bfloat16* dxb = bf16 ? dev.uploadBf16(x) : nullptr;
+        QVERIFY(dx || dxb);
+        cuda::DeviceStatsConfig config;
+        config.channels = c;
+        config.hessian = cuda::HessianMode(hessian);
+        config.statistics = false;
+        config.hessianTiling = cuda::HessianTiling(tiling);
+        config.hessianTile = tile;
+        config.hessianChunkRows = chunkRows;
+        auto s = cuda::DeviceStats::create(config, dev.stream, dev.blas);
+        QVERIFY2(s.ok(), s.ok() ? "" : s.error().message.c_str());
+        QCOMPARE(s->hessianHalf(), half);
+        ActivationStats ref(c, HessianPrecision::Float64, 2048, 0);
+        const double budget = bf16 ? 1e-4 : 1e-5;
+        for (int b = 0; b < 2; ++b) {
+            const std::size_t offset = std::size_t(b) * rows * c;
+            ref.add(std::span<const float>(x).subspan(offset, std::size_t(rows) * c), rows, b);
+            const Status added = bf16 ? s->add(dxb + offset, rows) : s->add(dx + offset, rows);
+            QVERIFY2(added.ok(), added.ok() ? "" : added.error().message.c_str());
+            auto got = s->download();
+            QVERIFY2(got.ok(), got.ok() ? "" : got.error().message.c_str());
+            const double err = hessianError(got->hessian(), ref.hessian(), c);
+            qInfo("after add %d: Hessian error %.3g of sqrt(H_ii H_jj), budget %.0g", b + 1, err,
+                  budget);
+            QVERIFY2(err <= budget, qPrintable(QString("Hessian error %1").arg(err)));
+        }
+        // On the device: exactly symmetric after symmetrize(), and what download() returned.
+        QVERIFY(s->symmetrize().ok());
+        auto got = s->download();
+        QVERIFY(got.ok());
+        std::vector<double> onDevice(std::size_t(c) * c);
+        if (config.hessian == cuda::HessianMode::Float32) {
+            std::vector<float> h(onDevice.size());
+            QCOMPARE(cudaMemcpy(h.data(), s->deviceHessian32(), h.size() * sizeof(float),
+                                cudaMemcpyDeviceToHost),
+                     cudaSuccess);
+            onDevice.assign(h.begin(), h.end());
+        } else {
+            QCOMPARE(cudaMemcpy(onDevice.data(), s->deviceHessian64(),
+                                onDevice.size() * sizeof(double), cudaMemcpyDeviceToHost),
+                     cudaSuccess);
+        }
+        const std::vector<double> downloaded = got->hessian();
+        std::size_t asymmetric = 0, differing = 0;
+        for (int i = 0; i < c; ++i)
+            for (int j = 0; j < c; ++j) {
+                const std::size_t ij = std::size_t(i) * c + j, ji = std::size_t(j) * c + i;
+                asymmetric += onDevice[ij] != onDevice[ji];
+                differing += onDevice[ij] != downloaded[ij];
+            }
+        if (half) QCOMPARE(asymmetric, std::size_t(0));  // the full GEMM is as cuBLAS leaves it
+        QCOMPARE(differing, std::size_t(0));
+    }
+
+    // Top-k through both candidate paths (straight to the list, and per-block top-k first) on
+    // data whose threshold lets many or few values through.
+    void topKPathsMatchCpu_data()
+    {
+        QTest::addColumn<int>("data");
+        QTest::addColumn<int>("channels");
+        QTest::addColumn<int>("topK");
+        QTest::addColumn<int>("directLimit");
+        for (int limit : {-1, 0}) {
+            const char* path = limit ? "direct when few" : "per-block always";
+            QTest::newRow(qPrintable(QString("heavy 512ch top32, %1").arg(path)))
+                << int(Data::Heavy) << 512 << 32 << limit;
+            QTest::newRow(qPrintable(QString("growth 256ch top300, %1").arg(path)))
+                << int(Data::Growth) << 256 << 300 << limit;
+            QTest::newRow(qPrintable(QString("ties 128ch top100, %1").arg(path)))
+                << int(Data::Ties) << 128 << 100 << limit;
+            QTest::newRow(qPrintable(QString("zeros first 96ch top64, %1").arg(path)))
+                << int(Data::Zeros) << 96 << 64 << limit;
+        }
+    }
+    void topKPathsMatchCpu()
+    {
+        QFETCH(int, data);
+        QFETCH(int, channels);
+        QFETCH(int, topK);
+        QFETCH(int, directLimit);
+        const std::int64_t sequences = 8, tokens = 64, rows = sequences * tokens;
+        const std::vector<float> x = makeData(Data(data), rows, channels, sequences, 41 + topK);
+        DeviceScope dev;
+        QVERIFY(dev.open());
+        float* dx = dev.upload(x);
+        QVERIFY(dx);
+        cuda::DeviceStatsConfig config;
+        config.channels = channels;
+        config.hessian = cuda::HessianMode::None;
+        config.topK = topK;
+        config.topKDirectLimit = directLimit;
+        auto s = cuda::DeviceStats::create(config, dev.stream, dev.blas);
+        QVERIFY2(s.ok(), s.ok() ? "" : s.error().message.c_str());
+        QVERIFY(s->setProfiling(true).ok());
+        const int batches = 4;
+        int direct = 0;
+        for (int b = 0; b < batches; ++b) {
+            const std::int64_t s0 = sequences * b / batches, s1 = sequences * (b + 1) / batches;
+            QVERIFY(
+                s->add(dx + s0 * tokens * channels, (s1 - s0) * tokens, s1 - s0, std::int32_t(s0))
+                    .ok());
+            auto p = s->lastProfile();
+            QVERIFY(p.ok());
+            direct += p->direct;
+        }
+        if (directLimit == 0) QCOMPARE(direct, 0);
+        qInfo("%d of %d batches sent their candidates straight to the list", direct, batches);
+        auto got = s->download();
+        QVERIFY2(got.ok(), got.ok() ? "" : got.error().message.c_str());
+        RunnerStatsOptions o;
+        o.hessian = HessianPrecision::None;
+        o.topK = topK;
+        const ActivationStats cpu = cpuPerSequence(x, rows, channels, sequences, 0, o);
+        compareStats(*got, x, rows, channels, sequences, batches, o, cpu);
+    }
+
+    // A probe's first batch binned at block-local ranges and merged at the final range
+    // (firstBatchOnePass) against the CPU, exactly, and against the same batch binned twice;
+    // enough rows that blocks see several tiles and grow their range (Heavy, Growth), zeros
+    // before the first nonzero values, and tiny negative values (merging would misplace them:
+    // the batch must fall back to binning twice).
+    void firstBatchOnePassMatchesCpu_data()
+    {
+        QTest::addColumn<int>("data");
+        QTest::addColumn<int>("channels");
+        QTest::addColumn<int>("bins");
+        QTest::addColumn<int>("onePass");  // expected DeviceStatsProfile::onePass; -1: either
+        QTest::newRow("heavy 64ch") << int(Data::Heavy) << 64 << 2048 << 1;
+        QTest::newRow("heavy 198ch scalar loads 512 bins") << int(Data::Heavy) << 198 << 512 << 1;
+        QTest::newRow("NaN and inf 64ch") << int(Data::NonFinite) << 64 << 2048 << 1;
+        QTest::newRow("growth 64ch") << int(Data::Growth) << 64 << 2048 << -1;
+        QTest::newRow("ties 64ch") << int(Data::Ties) << 64 << 2048 << -1;
+        QTest::newRow("zeros first 64ch") << int(Data::Zeros) << 64 << 2048 << -1;
+        QTest::newRow("tiny negatives 64ch: binned twice") << int(Data::Tiny) << 64 << 2048 << 0;
+        QTest::newRow("heavy 96ch 1000 bins: binned twice") << int(Data::Heavy) << 96 << 1000 << 0;
+    }
+    void firstBatchOnePassMatchesCpu()
+    {
+        QFETCH(int, data);
+        QFETCH(int, channels);
+        QFETCH(int, bins);
+        QFETCH(int, onePass);
+        const Data kind = Data(data);
+        const std::int64_t sequences = 16, tokens = 4096, rows = sequences * tokens;
+        const std::vector<float> x = makeData(kind, rows, channels, sequences, 51 + channels);
+        DeviceScope dev;
+        QVERIFY(dev.open());
+        float* dx = dev.upload(x);
+        QVERIFY(dx);
+        RunnerStatsOptions o;
+        o.hessian = HessianPrecision::None;
+        o.histogramBins = bins;
+        o.topK = 32;
+        const ActivationStats cpu = cpuPerSequence(x, rows, channels, sequences, 0, o);
+        std::optional<ActivationStats> previous;
+        for (bool merged : {true, false}) {
+            cuda::DeviceStatsConfig config;
+            config.channels = channels;
+            config.hessian = cuda::HessianMode::None;
+            config.histogramBins = bins;
+            config.topK = 32;
+            config.firstBatchOnePass = merged;
+            auto s = cuda::DeviceStats::create(config, dev.stream, dev.blas);
+            QVERIFY2(s.ok(), s.ok() ? "" : s.error().message.c_str());
+            QVERIFY(s->setProfiling(true).ok());
+            QVERIFY(s->add(dx, rows, sequences, 0).ok());
+            auto p = s->lastProfile();
+            QVERIFY(p.ok());
+            qInfo("firstBatchOnePass %d: binned %s", int(merged),
+                  p->onePass ? "once at block ranges" : "twice");
+            if (merged && onePass >= 0) QCOMPARE(p->onePass, onePass == 1);
+            if (!merged) QVERIFY(!p->onePass);
+            auto got = s->download();
+            QVERIFY2(got.ok(), got.ok() ? "" : got.error().message.c_str());
+            compareStats(*got, x, rows, channels, sequences, 1, o, cpu);
+            if (QTest::currentTestFailed()) return;
+            if (previous) {
+                QCOMPARE(got->histogram().counts, previous->histogram().counts);
+                QCOMPARE(got->histogram().range, previous->histogram().range);
+            }
+            previous = std::move(got).value();
+        }
+        // A second batch after the first: the usual path, on the merged histogram.
+        cuda::DeviceStatsConfig config;
+        config.channels = channels;
+        config.hessian = cuda::HessianMode::None;
+        config.histogramBins = bins;
+        config.topK = 32;
+        auto s = cuda::DeviceStats::create(config, dev.stream, dev.blas);
+        QVERIFY(s.ok());
+        const std::int64_t half = rows / 2;
+        QVERIFY(s->add(dx, half, sequences / 2, 0).ok());
+        QVERIFY(
+            s->add(dx + half * channels, half, sequences / 2, std::int32_t(sequences / 2)).ok());
+        auto got = s->download();
+        QVERIFY(got.ok());
+        compareStats(*got, x, rows, channels, sequences, 2, o, cpu);
     }
 
     void resetStartsAfresh()
