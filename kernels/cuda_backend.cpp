@@ -66,6 +66,36 @@ public:
         return quantizeGptqDevice(*m_ctx, dW->data(), dH->data(), rows, cols, format, options,
                                   progress, monitor);
     }
+    Result<GptqResult> quantizeGptqF32(const float* w, std::int64_t rows, std::int64_t cols,
+                                       std::span<const float> hessian, const QuantFormat& format,
+                                       const GptqOptions& options, const float* importance,
+                                       const ProgressFn& progress,
+                                       const GptqMonitor& monitor) override
+    {
+        if (!gptqDeviceSupports(format))
+            return Backend::quantizeGptqF32(w, rows, cols, hessian, format, options, importance,
+                                            progress, monitor);
+        if (!w || rows <= 0 || cols <= 0)
+            return makeError(ErrorCode::InvalidArgument, "gptq: no weights given");
+        if (std::int64_t(hessian.size()) != cols * cols)
+            return makeError(ErrorCode::InvalidArgument,
+                             "gptq: the Hessian has " + std::to_string(hessian.size()) +
+                                 " values, a " + std::to_string(cols) + " x " +
+                                 std::to_string(cols) + " matrix needs " +
+                                 std::to_string(cols * cols));
+        QL_TRY_STATUS(m_ctx->activate());
+        MemoryTracker tracker;
+        auto dW = DeviceBuffer<float>::allocate(std::size_t(rows * cols), &tracker,
+                                                "the weights for gptq");
+        if (!dW) return dW.error();
+        auto dH = DeviceBuffer<float>::allocate(std::size_t(cols * cols), &tracker,
+                                                "the Hessian for gptq");
+        if (!dH) return dH.error();
+        QL_TRY_STATUS(m_ctx->copyToDevice(dW->data(), w, std::size_t(rows * cols) * 4));
+        QL_TRY_STATUS(m_ctx->copyToDevice(dH->data(), hessian.data(), hessian.size() * 4));
+        return quantizeGptqDevice(*m_ctx, dW->data(), dH->data(), rows, cols, format, options,
+                                  progress, monitor);
+    }
 
 private:
     std::shared_ptr<CudaContext> m_ctx;

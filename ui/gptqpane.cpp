@@ -118,10 +118,26 @@ ql::Result<ql::QuantizedModel> runGptq(const ql::Model& model, const ql::Layout&
     options.gptqObserver = observer;
     options.pauseGate = gate;
     options.partialOnCancel = true;
+    // GPTQ of each tensor on the GPU when there is one; a GPU failure other than a cancel runs
+    // the whole model again on the CPU.
+    auto backend = ql::createBackend(ql::BackendKind::Auto);
+    ql::Backend* gpu = backend && (*backend)->device().isGpu ? backend->get() : nullptr;
+    auto withCalibration = [&](const ql::CalibrationResult& c,
+                               const ql::ProgressFn& p) -> ql::Result<ql::QuantizedModel> {
+        if (gpu) {
+            options.backend = gpu;
+            auto q = ql::quantizeModel(model, layout, &c, p, options);
+            options.backend = nullptr;
+            if (q || q.error().code == ql::ErrorCode::Cancelled) return q;
+            (void)ql::reportProgress(
+                p, 0.0, "the GPU failed (" + q.error().message + "): GPTQ on the CPU instead");
+        }
+        return ql::quantizeModel(model, layout, &c, p, options);
+    };
     if (request.useCalibration && !request.sequential) {
         if (!calibration)
             return ql::makeError(ql::ErrorCode::InvalidArgument, "no calibration to use");
-        return ql::quantizeModel(model, layout, calibration.get(), progress, options);
+        return withCalibration(*calibration, progress);
     }
     // Windows from the text, or the ones the current calibration was made from.
     auto tokenizer = ql::Tokenizer::create(model);
@@ -143,14 +159,13 @@ ql::Result<ql::QuantizedModel> runGptq(const ql::Model& model, const ql::Layout&
         // The block passes and GPTQ on the GPU when there is one (bf16 passes, weights streamed
         // when the model does not fit); a GPU failure other than a cancel runs it again on the
         // CPU.
-        auto backend = ql::createBackend(ql::BackendKind::Auto);
-        if (backend && (*backend)->device().isGpu) {
+        if (gpu) {
             std::string failure;
             {
-                auto runner = ql::createLlamaRunner(**backend, *llama, ql::Precision::BFloat16);
+                auto runner = ql::createLlamaRunner(*gpu, *llama, ql::Precision::BFloat16);
                 if (runner) {
-                    (void)ql::reportProgress(progress, 0.0, "GPTQ on " + (*backend)->device().name);
-                    options.backend = backend->get();
+                    (void)ql::reportProgress(progress, 0.0, "GPTQ on " + gpu->device().name);
+                    options.backend = gpu;
                     auto q = ql::quantizeModelSequential(model, *llama, **runner, *windows, layout,
                                                          progress, options);
                     if (q) return std::move(q->model);
@@ -175,12 +190,9 @@ ql::Result<ql::QuantizedModel> runGptq(const ql::Model& model, const ql::Layout&
             return ql::reportProgress(progress, 0.3 * f, "calibrating");
         });
     if (!calib) return calib.error();
-    return ql::quantizeModel(
-        model, layout, &*calib,
-        [&](double f, std::string_view what) {
-            return ql::reportProgress(progress, 0.3 + 0.7 * f, what);
-        },
-        options);
+    return withCalibration(*calib, [&](double f, std::string_view what) {
+        return ql::reportProgress(progress, 0.3 + 0.7 * f, what);
+    });
 }
 
 }  // namespace

@@ -53,6 +53,15 @@ public:
                                             const QuantFormat& format, const GptqOptions& options,
                                             const float* importance, const ProgressFn& progress,
                                             const GptqMonitor& monitor = {}) = 0;
+    // The same with a float32 Hessian (a GPU calibration's accumulator as it is, so a
+    // cols x cols matrix is not widened to double on the host and narrowed again on the device).
+    // By default it is widened and handed to quantizeGptq.
+    virtual Result<GptqResult> quantizeGptqF32(const float* w, std::int64_t rows, std::int64_t cols,
+                                               std::span<const float> hessian,
+                                               const QuantFormat& format,
+                                               const GptqOptions& options, const float* importance,
+                                               const ProgressFn& progress,
+                                               const GptqMonitor& monitor = {});
 };
 
 enum class BackendKind { Auto, Cpu, Cuda };

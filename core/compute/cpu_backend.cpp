@@ -36,6 +36,21 @@ public:
 
 }  // namespace
 
+Result<GptqResult> Backend::quantizeGptqF32(const float* w, std::int64_t rows, std::int64_t cols,
+                                            std::span<const float> hessian,
+                                            const QuantFormat& format, const GptqOptions& options,
+                                            const float* importance, const ProgressFn& progress,
+                                            const GptqMonitor& monitor)
+{
+    std::vector<double> wide;
+    try {
+        wide.assign(hessian.begin(), hessian.end());
+    } catch (const std::bad_alloc&) {
+        return makeError(ErrorCode::OutOfMemory, "out of memory widening a Hessian for gptq");
+    }
+    return quantizeGptq(w, rows, cols, wide, format, options, importance, progress, monitor);
+}
+
 std::unique_ptr<Backend> createCpuBackend()
 {
     return std::make_unique<CpuBackend>();

@@ -334,13 +334,21 @@ Result<TensorQuantization> quantizeTensor(const Model& model, const TensorPlan& 
             const std::string why = missingHessian(calibration, rep.probe, plan.cols);
             if (!why.empty()) return makeError(ErrorCode::InvalidArgument, plan.name + ": " + why);
             const GptqMonitor monitor{options.gptqObserver, options.pauseGate, plan.name};
-            // The Hessian of the input as a fold leaves it (as the error below uses).
-            const std::vector<double> h = fold ? hessianOf() : probe->stats.hessian();
-            auto g = options.backend
-                         ? options.backend->quantizeGptq(ref.data(), plan.rows, plan.cols, h,
-                                                         plan.format, gptqOptions, imp, progress)
-                         : quantizeGptq(ref.data(), plan.rows, plan.cols, h, plan.format,
-                                        gptqOptions, imp, progress, monitor);
+            Result<GptqResult> g = Error{};
+            if (options.backend && !fold && !probe->stats.hessianF32().empty()) {
+                // A GPU calibration's float32 Hessian goes to the backend as it is.
+                g = options.backend->quantizeGptqF32(ref.data(), plan.rows, plan.cols,
+                                                     probe->stats.hessianF32(), plan.format,
+                                                     gptqOptions, imp, progress, monitor);
+            } else {
+                // The Hessian of the input as a fold leaves it (as the error below uses).
+                const std::vector<double> h = fold ? hessianOf() : probe->stats.hessian();
+                g = options.backend ? options.backend->quantizeGptq(
+                                          ref.data(), plan.rows, plan.cols, h, plan.format,
+                                          gptqOptions, imp, progress, monitor)
+                                    : quantizeGptq(ref.data(), plan.rows, plan.cols, h, plan.format,
+                                                   gptqOptions, imp, progress, monitor);
+            }
             if (!g) {
                 Error e = g.error();
                 if (e.code != ErrorCode::Cancelled) e.message = plan.name + ": " + e.message;
