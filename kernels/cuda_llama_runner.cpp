@@ -192,7 +192,7 @@ private:
     // The statistics run on a stream of their own (with a cuBLAS handle of their own for the
     // Hessians), forked from the forward's stream where an input is ready, so the probes overlap
     // the GEMMs; a buffer a probe reads is not overwritten before the probe's work is done
-    // (waitStats before each write of m_h, m_attn, m_g).
+    // (waitStats before each write of m_h, m_hf, m_attn, m_g).
     cudaStream_t m_statsStream = nullptr;
     cublasHandle_t m_statsBlas = nullptr;
     cudaEvent_t m_statsFork = nullptr;
@@ -228,7 +228,7 @@ private:
     std::int64_t m_residualRows = 0;  // rows m_x and m_ids hold
     std::int64_t m_rows = 0;          // rows the other activation buffers hold
     DeviceBuffer<float> m_x;
-    DeviceTensor m_h, m_qkv, m_attn, m_gu, m_g;
+    DeviceTensor m_h, m_hf, m_qkv, m_attn, m_gu, m_g;  // m_h: attention norm, m_hf: FFN norm
     DeviceBuffer<std::int32_t> m_ids;
     std::int64_t m_logitRows = 0;
     DeviceBuffer<float> m_logits;
@@ -267,7 +267,7 @@ std::uint64_t workingBytes(const LlamaShape& s, DType type, std::int64_t rows)
     const std::uint64_t dim = std::uint64_t(s.dim), ffn = std::uint64_t(s.ffnDim);
     const std::uint64_t q = std::uint64_t(s.heads * s.headDim),
                         kv = std::uint64_t(s.kvHeads * s.headDim);
-    const std::uint64_t perRow = dim * 4 + (dim + q + 2 * kv + q + 3 * ffn) * t + 4;
+    const std::uint64_t perRow = dim * 4 + (2 * dim + q + 2 * kv + q + 3 * ffn) * t + 4;
     return std::uint64_t(rows) * perRow + kLogitsChunkBytes + (std::uint64_t(512) << 20);
 }
 
@@ -588,6 +588,7 @@ Status CudaLlamaRunner::ensureActivations(std::int64_t rows)
     if (rows <= m_rows) return {};
     // Free the old set first: a longer batch should not need both at once.
     m_h.release();
+    m_hf.release();
     m_qkv.release();
     m_attn.release();
     m_gu.release();
@@ -605,6 +606,7 @@ Status CudaLlamaRunner::ensureActivations(std::int64_t rows)
         return {};
     };
     QL_TRY_STATUS(tensor(m_h, m_type, s.dim, "normed"));
+    QL_TRY_STATUS(tensor(m_hf, m_type, s.dim, "FFN-normed"));
     QL_TRY_STATUS(tensor(m_qkv, m_type, m_qkvDim, "q/k/v"));
     QL_TRY_STATUS(tensor(m_attn, m_type, m_qDim, "attention output"));
     QL_TRY_STATUS(tensor(m_gu, m_type, 2 * s.ffnDim, "gate/up"));
@@ -711,7 +713,6 @@ Status CudaLlamaRunner::runBlock(const Block& w, int bi, float* x, std::int64_t 
     };
 
     QL_TRY_STATUS(waitStats(0));
-    QL_TRY_STATUS(waitStats(2));
     launchRmsNorm(x, rows, s.dim, w.attnNorm.data(), s.rmsNormEps, m_h.data(), m_type, stream);
     QL_TRY_STATUS(CudaContext::checkLaunch("rmsnorm"));
     QL_TRY_STATUS(observe(0, m_h.data(), s.dim));
@@ -735,13 +736,13 @@ Status CudaLlamaRunner::runBlock(const Block& w, int bi, float* x, std::int64_t 
     QL_TRY_STATUS(linear(*m_ctx, m_attn.data(), m_type, m_qDim, w.wo.data(), rows, m_qDim, s.dim, x,
                          DType::F32, s.dim, 1.0f));
 
-    QL_TRY_STATUS(waitStats(0));
-    launchRmsNorm(x, rows, s.dim, w.ffnNorm.data(), s.rmsNormEps, m_h.data(), m_type, stream);
+    QL_TRY_STATUS(waitStats(2));
+    launchRmsNorm(x, rows, s.dim, w.ffnNorm.data(), s.rmsNormEps, m_hf.data(), m_type, stream);
     QL_TRY_STATUS(CudaContext::checkLaunch("rmsnorm"));
-    QL_TRY_STATUS(observe(2, m_h.data(), s.dim));
+    QL_TRY_STATUS(observe(2, m_hf.data(), s.dim));
     if (stopAt == 2) return {};
-    QL_TRY_STATUS(linear(*m_ctx, m_h.data(), m_type, s.dim, w.wgu.data(), rows, s.dim, 2 * s.ffnDim,
-                         m_gu.data(), m_type, 2 * s.ffnDim));
+    QL_TRY_STATUS(linear(*m_ctx, m_hf.data(), m_type, s.dim, w.wgu.data(), rows, s.dim,
+                         2 * s.ffnDim, m_gu.data(), m_type, 2 * s.ffnDim));
     QL_TRY_STATUS(waitStats(3));
     launchSwiglu(m_gu.data(), m_type, rows, s.ffnDim, 2 * s.ffnDim, s.ffnDim, m_g.data(), m_type,
                  stream);
@@ -996,7 +997,12 @@ Result<std::vector<ActivationStats>> CudaLlamaRunner::takeStats()
 Status CudaLlamaRunner::createStatsStream()
 {
     if (m_statsStream) return {};
-    QL_CUDA_TRY(cudaStreamCreateWithFlags(&m_statsStream, cudaStreamNonBlocking));
+    // The highest priority: a probe's blocks go onto SMs as soon as the GEMM's retire, so the
+    // statistics keep up with the forward instead of making it wait before a buffer is reused.
+    int leastPriority = 0, greatestPriority = 0;
+    QL_CUDA_TRY(cudaDeviceGetStreamPriorityRange(&leastPriority, &greatestPriority));
+    QL_CUDA_TRY(
+        cudaStreamCreateWithPriority(&m_statsStream, cudaStreamNonBlocking, greatestPriority));
     QL_CUDA_TRY(cudaEventCreateWithFlags(&m_statsFork, cudaEventDisableTiming));
     for (auto& e : m_statsDone) QL_CUDA_TRY(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     if (cublasCreate(&m_statsBlas) != CUBLAS_STATUS_SUCCESS) {
@@ -1231,10 +1237,7 @@ Status CudaLlamaRunner::runHead(std::int64_t rows, std::int64_t seqLen, const Lo
     for (std::int64_t r0 = 0; r0 < rows; r0 += m_logitRows) {
         const std::int64_t n = std::min(m_logitRows, rows - r0);
         // m_h holds m_rows rows (m_logitRows <= m_rows): normalise this chunk only.
-        if (r0 == 0) {
-            QL_TRY_STATUS(waitStats(0));
-            QL_TRY_STATUS(waitStats(2));
-        }
+        if (r0 == 0) QL_TRY_STATUS(waitStats(0));
         launchRmsNorm(m_x.data() + std::size_t(r0 * s.dim), n, s.dim, m_outputNorm.data(),
                       s.rmsNormEps, m_h.data(), m_type, stream);
         QL_TRY_STATUS(CudaContext::checkLaunch("rmsnorm"));
