@@ -19,7 +19,9 @@ class CudaContext;
 // F64 failing raises the dampening. Default: the environment's QL_GPTQ_FACTOR (f32 or f64),
 // else F32.
 enum class GptqFactorPrecision { Default, F32, F64 };
-constexpr double kGptqF32MinPivot = 1e-3;  // F_ii^2 / Hd_ii below this: factor in double
+// F_ii^2 / Hd_ii below this: factor in double. 1e-3 let a rank-deficient H with damp 0.001 through
+// in float32, 99.31% of its codes equal to the double factor's (test_cuda_gptq factorPrecision).
+constexpr double kGptqF32MinPivot = 1e-2;
 
 // Where the time of one call went (CUDA events on the context's stream), for `bench gptq`.
 struct GptqDeviceTimings {
