@@ -34,37 +34,19 @@ public:
                           " (uniform int2..int8 only)";
             return r;
         }
-        if (!w || rows <= 0 || cols <= 0)
-            return makeError(ErrorCode::InvalidArgument, "gptq: no weights given");
-        if (std::int64_t(hessian.size()) != cols * cols)
-            return makeError(ErrorCode::InvalidArgument,
-                             "gptq: the Hessian has " + std::to_string(hessian.size()) +
-                                 " values, a " + std::to_string(cols) + " x " +
-                                 std::to_string(cols) + " matrix needs " +
-                                 std::to_string(cols * cols));
-        QL_TRY_STATUS(m_ctx->activate());
-        MemoryTracker tracker;
-        auto dW = DeviceBuffer<float>::allocate(std::size_t(rows * cols), &tracker,
-                                                "the weights for gptq");
-        if (!dW) return dW.error();
-        auto dH = DeviceBuffer<float>::allocate(std::size_t(cols * cols), &tracker,
-                                                "the Hessian for gptq");
-        if (!dH) return dH.error();
-        QL_TRY_STATUS(m_ctx->copyToDevice(dW->data(), w, std::size_t(rows * cols) * 4));
-        {
-            // The Hessian goes up as it is and becomes float on the device: no host copy.
-            auto dH64 = DeviceBuffer<double>::allocate(hessian.size(), &tracker,
-                                                       "the Hessian for gptq (double)");
-            if (!dH64) return dH64.error();
-            QL_TRY_STATUS(
-                m_ctx->copyToDevice(dH64->data(), hessian.data(), hessian.size() * sizeof(double)));
-            launchGptqToFloat(dH64->data(), std::int64_t(hessian.size()), dH->data(),
-                              m_ctx->stream());
-            QL_TRY_STATUS(CudaContext::checkLaunch("gptq Hessian"));
-            QL_TRY_STATUS(m_ctx->synchronize());
-        }
-        return quantizeGptqDevice(*m_ctx, dW->data(), dH->data(), rows, cols, format, options,
-                                  progress, monitor);
+        // The Hessian goes up as it is and becomes float on the device: no host copy.
+        return onDevice(w, rows, cols, hessian.size(), format, options, progress, monitor,
+                        [&](float* dH, MemoryTracker& tracker) -> Status {
+                            auto dH64 = DeviceBuffer<double>::allocate(
+                                hessian.size(), &tracker, "the Hessian for gptq (double)");
+                            if (!dH64) return dH64.error();
+                            QL_TRY_STATUS(m_ctx->copyToDevice(dH64->data(), hessian.data(),
+                                                              hessian.size() * sizeof(double)));
+                            launchGptqToFloat(dH64->data(), std::int64_t(hessian.size()), dH,
+                                              m_ctx->stream());
+                            QL_TRY_STATUS(CudaContext::checkLaunch("gptq Hessian"));
+                            return m_ctx->synchronize();
+                        });
     }
     Result<GptqResult> quantizeGptqF32(const float* w, std::int64_t rows, std::int64_t cols,
                                        std::span<const float> hessian, const QuantFormat& format,
@@ -75,11 +57,25 @@ public:
         if (!gptqDeviceSupports(format))
             return Backend::quantizeGptqF32(w, rows, cols, hessian, format, options, importance,
                                             progress, monitor);
+        return onDevice(w, rows, cols, hessian.size(), format, options, progress, monitor,
+                        [&](float* dH, MemoryTracker&) {
+                            return m_ctx->copyToDevice(dH, hessian.data(), hessian.size() * 4);
+                        });
+    }
+
+private:
+    // Checks, W and H on the device (uploadHessian fills the float32 H), then the device GPTQ.
+    template <class Upload>
+    Result<GptqResult> onDevice(const float* w, std::int64_t rows, std::int64_t cols,
+                                std::size_t hessianSize, const QuantFormat& format,
+                                const GptqOptions& options, const ProgressFn& progress,
+                                const GptqMonitor& monitor, Upload uploadHessian)
+    {
         if (!w || rows <= 0 || cols <= 0)
             return makeError(ErrorCode::InvalidArgument, "gptq: no weights given");
-        if (std::int64_t(hessian.size()) != cols * cols)
+        if (std::int64_t(hessianSize) != cols * cols)
             return makeError(ErrorCode::InvalidArgument,
-                             "gptq: the Hessian has " + std::to_string(hessian.size()) +
+                             "gptq: the Hessian has " + std::to_string(hessianSize) +
                                  " values, a " + std::to_string(cols) + " x " +
                                  std::to_string(cols) + " matrix needs " +
                                  std::to_string(cols * cols));
@@ -92,12 +88,11 @@ public:
                                                 "the Hessian for gptq");
         if (!dH) return dH.error();
         QL_TRY_STATUS(m_ctx->copyToDevice(dW->data(), w, std::size_t(rows * cols) * 4));
-        QL_TRY_STATUS(m_ctx->copyToDevice(dH->data(), hessian.data(), hessian.size() * 4));
+        QL_TRY_STATUS(uploadHessian(dH->data(), tracker));
         return quantizeGptqDevice(*m_ctx, dW->data(), dH->data(), rows, cols, format, options,
                                   progress, monitor);
     }
 
-private:
     std::shared_ptr<CudaContext> m_ctx;
 };
 

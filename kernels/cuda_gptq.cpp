@@ -638,19 +638,7 @@ Result<GptqResult> quantizeGptqDeviceTimed(CudaContext& ctx, float* dW, float* d
         t.factorFellBack = fellBack;
         t.uRows = uRows;
     }
-    if (monitor.observer) {
-        GptqLayerDone e;
-        e.tensor = monitor.tensor;
-        e.loss = out.loss;
-        e.rtnLoss = out.rtnLoss;
-        e.error = out.error;
-        e.rtnError = out.rtnError;
-        e.damp = out.damp;
-        e.dampRaises = std::int64_t(out.dampRaises.size());
-        e.deadColumns = out.deadColumns;
-        e.seconds = out.seconds;
-        monitor.observer->layerFinished(e);
-    }
+    if (monitor.observer) monitor.observer->layerFinished(gptqLayerDone(monitor.tensor, out));
     (void)reportProgress(progress, 1.0, "gptq");
     return out;
 }

@@ -126,6 +126,9 @@ private:
     // Block by block: checks, and the block's weights (streaming: uploaded into slot 0 unless
     // it holds them already).
     Result<const Block*> blockForPass(int block, const char* what);
+    // The sequence length of `batch` equal sequences of valid token ids.
+    Result<std::int64_t> checkTokens(const char* what, std::span<const std::int32_t> tokens,
+                                     std::int64_t batch) const;
     std::int64_t blockChunkRows() const;
     // Streaming with statistics: block b's four accumulators to the host, merged into
     // m_hostStats, then zeroed for the next block.
@@ -759,20 +762,12 @@ Status CudaLlamaRunner::forward(std::span<const std::int32_t> tokens, std::int64
 {
     const LlamaShape& s = m_shape;
     const auto rows = static_cast<std::int64_t>(tokens.size());
-    if (batch <= 0 || rows == 0 || rows % batch != 0)
-        return makeError(ErrorCode::InvalidArgument,
-                         "forward: " + std::to_string(rows) + " tokens do not make " +
-                             std::to_string(batch) + " sequences of equal length");
-    const std::int64_t T = rows / batch;
     if (m_blockRows > 0)
         return makeError(ErrorCode::InvalidArgument,
                          "forward: a block-by-block pass is in progress (endBlocks first)");
-    for (std::size_t t = 0; t < tokens.size(); ++t)
-        if (tokens[t] < 0 || tokens[t] >= s.vocab)
-            return makeError(ErrorCode::InvalidArgument,
-                             "token id " + std::to_string(tokens[t]) + " at position " +
-                                 std::to_string(std::int64_t(t) % T) +
-                                 " is outside the vocabulary of " + std::to_string(s.vocab));
+    auto seqLen = checkTokens("forward", tokens, batch);
+    if (!seqLen) return seqLen.error();
+    const std::int64_t T = *seqLen;
     // Resident: all rows through each block at once. Streaming: chunks of whole sequences, every
     // chunk through a block before the next block's weights are needed.
     const std::int64_t chunk =
@@ -1043,6 +1038,25 @@ void CudaLlamaRunner::releaseStats()
     m_statsEnabled = false;
 }
 
+Result<std::int64_t> CudaLlamaRunner::checkTokens(const char* what,
+                                                  std::span<const std::int32_t> tokens,
+                                                  std::int64_t batch) const
+{
+    const auto rows = static_cast<std::int64_t>(tokens.size());
+    if (batch <= 0 || rows == 0 || rows % batch != 0)
+        return makeError(ErrorCode::InvalidArgument,
+                         std::string(what) + ": " + std::to_string(rows) + " tokens do not make " +
+                             std::to_string(batch) + " sequences of equal length");
+    const std::int64_t T = rows / batch;
+    for (std::size_t t = 0; t < tokens.size(); ++t)
+        if (tokens[t] < 0 || tokens[t] >= m_shape.vocab)
+            return makeError(ErrorCode::InvalidArgument,
+                             "token id " + std::to_string(tokens[t]) + " at position " +
+                                 std::to_string(std::int64_t(t) % T) +
+                                 " is outside the vocabulary of " + std::to_string(m_shape.vocab));
+    return T;
+}
+
 std::int64_t CudaLlamaRunner::blockChunkRows() const
 {
     const std::int64_t T = m_blockSeqLen;
@@ -1053,17 +1067,9 @@ Status CudaLlamaRunner::beginBlocks(std::span<const std::int32_t> tokens, std::i
 {
     const LlamaShape& s = m_shape;
     const auto rows = static_cast<std::int64_t>(tokens.size());
-    if (batch <= 0 || rows == 0 || rows % batch != 0)
-        return makeError(ErrorCode::InvalidArgument,
-                         "beginBlocks: " + std::to_string(rows) + " tokens do not make " +
-                             std::to_string(batch) + " sequences of equal length");
-    const std::int64_t T = rows / batch;
-    for (std::size_t t = 0; t < tokens.size(); ++t)
-        if (tokens[t] < 0 || tokens[t] >= s.vocab)
-            return makeError(ErrorCode::InvalidArgument,
-                             "token id " + std::to_string(tokens[t]) + " at position " +
-                                 std::to_string(std::int64_t(t) % T) +
-                                 " is outside the vocabulary of " + std::to_string(s.vocab));
+    auto seqLen = checkTokens("beginBlocks", tokens, batch);
+    if (!seqLen) return seqLen.error();
+    const std::int64_t T = *seqLen;
     endBlocks();
     try {
         QL_TRY_STATUS(m_ctx->activate());

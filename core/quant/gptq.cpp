@@ -684,19 +684,7 @@ Result<GptqResult> quantizeGptq(const float* w, std::int64_t rows, std::int64_t 
         out.weights = std::move(Q);
         out.seconds =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        if (monitor.observer) {
-            GptqLayerDone e;
-            e.tensor = monitor.tensor;
-            e.loss = out.loss;
-            e.rtnLoss = out.rtnLoss;
-            e.error = out.error;
-            e.rtnError = out.rtnError;
-            e.damp = out.damp;
-            e.dampRaises = std::int64_t(out.dampRaises.size());
-            e.deadColumns = out.deadColumns;
-            e.seconds = out.seconds;
-            monitor.observer->layerFinished(e);
-        }
+        if (monitor.observer) monitor.observer->layerFinished(gptqLayerDone(monitor.tensor, out));
         (void)reportProgress(progress, 1.0, "gptq");
         return out;
     } catch (const std::bad_alloc&) {
@@ -704,6 +692,21 @@ Result<GptqResult> quantizeGptq(const float* w, std::int64_t rows, std::int64_t 
                                                      std::to_string(rows) + " x " +
                                                      std::to_string(cols) + " tensor");
     }
+}
+
+GptqLayerDone gptqLayerDone(const std::string& tensor, const GptqResult& r)
+{
+    GptqLayerDone e;
+    e.tensor = tensor;
+    e.loss = r.loss;
+    e.rtnLoss = r.rtnLoss;
+    e.error = r.error;
+    e.rtnError = r.rtnError;
+    e.damp = r.damp;
+    e.dampRaises = std::int64_t(r.dampRaises.size());
+    e.deadColumns = r.deadColumns;
+    e.seconds = r.seconds;
+    return e;
 }
 
 }  // namespace ql

@@ -96,4 +96,7 @@ Result<GptqResult> quantizeGptq(const float* w, std::int64_t rows, std::int64_t 
                                 const GptqOptions& options = {}, const float* importance = nullptr,
                                 const ProgressFn& progress = {}, const GptqMonitor& monitor = {});
 
+// The layerFinished event of a finished layer (every GPTQ implementation reports the same).
+GptqLayerDone gptqLayerDone(const std::string& tensor, const GptqResult& result);
+
 }  // namespace ql
