@@ -678,9 +678,10 @@ __global__ void __launch_bounds__(kMaxThreads, 2)
                 local.range = local.exponent > 127 ? INFINITY : ldexpf(1.0f, local.exponent);
                 local.fallback |= local.exponent > 127;
             } else if (blockIdx.x / g.chTiles < g.rowTiles) {
-                // A first tile of zeros only: growing from range 0 lost counts on the H100 (the
-                // "zeros first" case of test_cuda_stats, 2 bins off). The batch is binned again
-                // at its final range instead, which is exact.
+                // A first tile of zeros only: its first nonzero tile would wait whole in the
+                // deferred buffer (over kDeferred values unless the tile is narrow), so the batch
+                // is binned again at its final range. (The "zeros first" row that was 2 bins off
+                // on the H100 was the CPU binning zeros at range 0 in bin 0, not this path.)
                 local.fallback = 1;
             }
         }
@@ -844,8 +845,8 @@ __global__ void __launch_bounds__(kMaxThreads, 2)
 }
 
 // Bins the batch again at the grown range (exits at once when the range did not grow). With a
-// zero range (nothing but zeros so far) the CPU's bin index is NaN cast to int64, clamped to 0.
-// The last block sets the threshold.
+// zero range (nothing but zeros so far) the values go to the middle bin, as on the CPU. The last
+// block sets the threshold.
 template <class T, int V, bool kPow2>
 __global__ void __launch_bounds__(kMaxThreads)
     rebinKernel(const T* __restrict__ x, Geometry g, HistParams hp, Accumulators a)
@@ -887,7 +888,7 @@ __global__ void __launch_bounds__(kMaxThreads)
         }
     }
     counter.flush(myHist, hp.n / 2);
-    if (zeroRangeCount) atomicAdd(&myHist[0], zeroRangeCount);
+    if (zeroRangeCount) atomicAdd(&myHist[hp.n / 2], zeroRangeCount);
     __syncthreads();
     flushShared(shHist, hp, a.batchHist);
 

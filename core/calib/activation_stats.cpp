@@ -93,7 +93,11 @@ void ActivationStats::add(std::span<const float> x, std::int64_t tokens, std::in
         for (std::int32_t j = 0; j < c; ++j) {
             float v = row[j];
             if (!std::isfinite(v)) continue;
-            auto bin = static_cast<std::int64_t>((v + m_hist.range) * scale);
+            // At range 0 every finite value is zero (any other would have set the range); zero
+            // is in the middle bin at every range, so later growth leaves it in place.
+            const auto bin = m_hist.range > 0
+                                 ? static_cast<std::int64_t>((v + m_hist.range) * scale)
+                                 : static_cast<std::int64_t>(n / 2);
             m_hist.counts[std::clamp<std::int64_t>(bin, 0, n - 1)]++;
             if (m_topK > 0 && std::fabs(v) > topFloor) {
                 pushTop({v, j, sample, firstPosition + static_cast<std::int32_t>(t)});
@@ -139,8 +143,8 @@ Status ActivationStats::merge(const ActivationStats& other)
         theirs.counts.swap(next);
         theirs.range *= 2;
     }
-    if (theirs.range > 0)
-        for (std::size_t i = 0; i < n; ++i) m_hist.counts[i] += theirs.counts[i];
+    // (At range 0 their counts are zeros in the middle bin, which is right at any range.)
+    for (std::size_t i = 0; i < n; ++i) m_hist.counts[i] += theirs.counts[i];
     for (const auto& a : other.m_top) pushTop(a);
     for (std::size_t i = 0; i < m_hessianF32.size(); ++i) m_hessianF32[i] += other.m_hessianF32[i];
     for (std::size_t i = 0; i < m_hessianF64.size(); ++i) m_hessianF64[i] += other.m_hessianF64[i];

@@ -139,6 +139,54 @@ private slots:
         QCOMPARE(s.histogram().total(), std::uint64_t(40 * c));
         QCOMPARE(s.tokenCount(), std::int64_t(40));
     }
+
+    // Found by test_cuda_stats "zeros first 64ch": zeros added while the range was still 0 went
+    // to bin 0 (the bin index was NaN, clamped), i.e. were counted as -range, and moved by the
+    // doublings that followed, so the histogram depended on how the rows were split into add()
+    // calls. They belong in the middle bin, which zero keeps at every range.
+    void zerosBeforeTheRangeIsSet_data()
+    {
+        QTest::addColumn<int>("bins");
+        QTest::newRow("2048 bins") << 2048;
+        QTest::newRow("1000 bins") << 1000;
+    }
+    void zerosBeforeTheRangeIsSet()
+    {
+        QFETCH(int, bins);
+        const int c = 16;
+        const std::int64_t t = 64, sequences = 8;
+        // Sequences 0-3 zeros (one a negative zero), then heavy-tailed ones whose maxima grow.
+        std::vector<float> x(sequences * t * c, 0.0f);
+        x[5] = -0.0f;
+        const std::vector<float> tail = heavyTailed(4 * t, c, 11);
+        for (std::int64_t i = 0; i < 4 * t * c; ++i)
+            x[4 * t * c + i] = tail[i] * float(1 << (i / (t * c)));
+        ActivationStats perSequence(c, HessianPrecision::None, bins, 0),
+            oneAdd(c, HessianPrecision::None, bins, 0), merged(c, HessianPrecision::None, bins, 0),
+            zeros(c, HessianPrecision::None, bins, 0);
+        for (std::int64_t q = 0; q < sequences; ++q)
+            perSequence.add(std::span(x).subspan(q * t * c, t * c), t, std::int32_t(q));
+        oneAdd.add(x, sequences * t, 0);
+        zeros.add(std::span(x).first(4 * t * c), 4 * t, 0);
+        QCOMPARE(zeros.histogram().range, 0.0);
+        const std::size_t middle = zeros.histogram().counts.size() / 2;
+        QCOMPARE(zeros.histogram().counts[middle], std::uint64_t(4 * t * c));
+        QCOMPARE(zeros.histogram().total(), std::uint64_t(4 * t * c));
+        merged.add(std::span(x).subspan(4 * t * c), 4 * t, 4);
+        QVERIFY(merged.merge(zeros).ok());  // a histogram at range 0 keeps its zeros
+        for (const ActivationStats* s : {&perSequence, &oneAdd, &merged}) {
+            QCOMPARE(s->histogram().total(), std::uint64_t(sequences * t * c));
+            QVERIFY(s->histogram().counts[middle] >= std::uint64_t(4 * t * c));
+        }
+        QCOMPARE(perSequence.histogram().range, oneAdd.histogram().range);
+        QCOMPARE(merged.histogram().range, oneAdd.histogram().range);
+        QCOMPARE(merged.histogram().counts, oneAdd.histogram().counts);
+        // Binning the nonzero sequences at intermediate ranges nests exactly with 2048 bins.
+        if (bins == 2048) QCOMPARE(perSequence.histogram().counts, oneAdd.histogram().counts);
+        // Min-max reads the largest value, not the zeros.
+        const auto ranges = computeActivationRanges(oneAdd.histogram(), 8);
+        QVERIFY(ranges[0].clip < oneAdd.histogram().range);
+    }
 };
 
 QTEST_APPLESS_MAIN(TestActivationStats)
