@@ -276,6 +276,26 @@ std::uint64_t workingBytes(const LlamaShape& s, DType type, std::int64_t rows)
 
 constexpr std::int64_t kStreamChunkTokens = 16384;  // rows per block pass when streaming
 
+// A block's tensors by role (as slotIn names them), in upload order; the q/k/v biases only with
+// attention biases.
+std::vector<std::pair<const char*, std::span<const float>>> blockTensors(const LlamaBlockView& v,
+                                                                         bool bias)
+{
+    std::vector<std::pair<const char*, std::span<const float>>> t = {
+        {"attn_norm.weight", v.attnNorm},
+        {"attn_q.weight", v.wq},
+        {"attn_k.weight", v.wk},
+        {"attn_v.weight", v.wv},
+        {"attn_output.weight", v.wo}};
+    if (bias)
+        t.insert(t.end(), {{"attn_q.bias", v.bq}, {"attn_k.bias", v.bk}, {"attn_v.bias", v.bv}});
+    t.insert(t.end(), {{"ffn_norm.weight", v.ffnNorm},
+                       {"ffn_gate.weight", v.gate},
+                       {"ffn_up.weight", v.up},
+                       {"ffn_down.weight", v.down}});
+    return t;
+}
+
 CudaLlamaRunner::~CudaLlamaRunner()
 {
     if (m_ctx && m_ctx->activate()) (void)m_ctx->synchronize();
@@ -355,20 +375,8 @@ Result<std::unique_ptr<ModelRunner>> CudaLlamaRunner::create(std::shared_ptr<Cud
                 // Streaming checks the shapes now and uploads on every forward.
                 return r->m_streamed ? check(role, values) : put(p + role, values);
             };
-            QL_TRY_STATUS(each("attn_norm.weight", v.attnNorm));
-            QL_TRY_STATUS(each("attn_q.weight", v.wq));
-            QL_TRY_STATUS(each("attn_k.weight", v.wk));
-            QL_TRY_STATUS(each("attn_v.weight", v.wv));
-            QL_TRY_STATUS(each("attn_output.weight", v.wo));
-            if (s.attentionBias) {
-                QL_TRY_STATUS(each("attn_q.bias", v.bq));
-                QL_TRY_STATUS(each("attn_k.bias", v.bk));
-                QL_TRY_STATUS(each("attn_v.bias", v.bv));
-            }
-            QL_TRY_STATUS(each("ffn_norm.weight", v.ffnNorm));
-            QL_TRY_STATUS(each("ffn_gate.weight", v.gate));
-            QL_TRY_STATUS(each("ffn_up.weight", v.up));
-            QL_TRY_STATUS(each("ffn_down.weight", v.down));
+            for (const auto& [role, values] : blockTensors(v, s.attentionBias))
+                QL_TRY_STATUS(each(role, values));
         }
         QL_TRY_STATUS(r->m_ctx->synchronize());
         r->m_staging.release();
@@ -637,20 +645,8 @@ Status CudaLlamaRunner::uploadBlock(std::int64_t b, Block& blk)
         if (!slot) return makeError(ErrorCode::InvalidArgument, "no slot for " + p + role);
         return upload(*slot, values, m_copyStream, m_copyStaging);
     };
-    QL_TRY_STATUS(put("attn_norm.weight", v.attnNorm));
-    QL_TRY_STATUS(put("attn_q.weight", v.wq));
-    QL_TRY_STATUS(put("attn_k.weight", v.wk));
-    QL_TRY_STATUS(put("attn_v.weight", v.wv));
-    QL_TRY_STATUS(put("attn_output.weight", v.wo));
-    if (m_shape.attentionBias) {
-        QL_TRY_STATUS(put("attn_q.bias", v.bq));
-        QL_TRY_STATUS(put("attn_k.bias", v.bk));
-        QL_TRY_STATUS(put("attn_v.bias", v.bv));
-    }
-    QL_TRY_STATUS(put("ffn_norm.weight", v.ffnNorm));
-    QL_TRY_STATUS(put("ffn_gate.weight", v.gate));
-    QL_TRY_STATUS(put("ffn_up.weight", v.up));
-    QL_TRY_STATUS(put("ffn_down.weight", v.down));
+    for (const auto& [role, values] : blockTensors(v, m_shape.attentionBias))
+        QL_TRY_STATUS(put(role, values));
     return {};
 }
 
