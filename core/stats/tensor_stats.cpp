@@ -91,7 +91,9 @@ bool forEachChunk(std::int64_t chunks, unsigned threads, const ProgressFn& progr
                              (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
             fn(index, c);
             const std::int64_t d = done.fetch_add(1, std::memory_order_relaxed) + 1;
-            if (reports &&
+            // p1 itself is the caller's to report: a stop asked for once every chunk is done
+            // would throw finished work away.
+            if (reports && d < chunks &&
                 !reportProgress(progress, p0 + (p1 - p0) * double(d) / double(chunks), what))
                 cancelled = true;
         }
