@@ -33,7 +33,10 @@ Status parallelForRows(std::int64_t rows, std::int64_t chunkRows,
             const std::int64_t r0 = c * chunkRows;
             fn(r0, std::min(rows, r0 + chunkRows));
             const std::int64_t d = done.fetch_add(1) + 1;
-            if (reporter && !reportProgress(progress, double(d) / double(chunks), what))
+            // 1.0 is reported once the work is done (below): a stop asked for then would throw
+            // finished work away (as tensor_stats.cpp's forEachChunk).
+            if (reporter && d < chunks &&
+                !reportProgress(progress, double(d) / double(chunks), what))
                 cancelled.store(true);
         }
     };
